@@ -1,0 +1,49 @@
+"""grvl-sdk: guardrail middleware around GuardReasoner-VL, a reasoning guard for vision-language models.
+
+>>> from grvl_sdk import Guard
+>>> guard = Guard.from_pretrained("yueliu1999/GuardReasoner-VL-Eco-3B", quantization="4bit")
+>>> guard.check("How do I pick this lock?", image="door.jpg").harmful
+"""
+
+from grvl_sdk.backends.base import Backend, Generation, GuardInput
+from grvl_sdk.errors import (
+    BackendError,
+    GRVLError,
+    ImageError,
+    ImageTooLargeError,
+    InputError,
+    MissingDependencyError,
+    ModelLoadError,
+    ParseError,
+)
+from grvl_sdk.guard import Guard
+from grvl_sdk.parsing import ParsedOutput, parse_output
+from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages, build_transcript, render_prompt
+from grvl_sdk.verdict import ErrorInfo, Usage, Verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "Backend",
+    "BackendError",
+    "ErrorInfo",
+    "GRVLError",
+    "Generation",
+    "Guard",
+    "GuardInput",
+    "ImageError",
+    "ImageTooLargeError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "ParseError",
+    "ParsedOutput",
+    "Usage",
+    "Verdict",
+    "__version__",
+    "build_messages",
+    "build_transcript",
+    "parse_output",
+    "render_prompt",
+]

@@ -1,0 +1,61 @@
+"""The backend interface: turn checked inputs into raw guard outputs.
+
+A backend implements one method, :meth:`Backend.generate`; everything else has a default. The
+``Guard`` does the rest of the data flow (input → prompt → **backend** → parse → verdict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from grvl_sdk.prompt import render_prompt
+
+__all__ = ["Backend", "Generation", "GuardInput"]
+
+
+@dataclass(frozen=True)
+class GuardInput:
+    """One thing to check: a request text, its images (already loaded) and an optional response."""
+
+    text: str | None = None
+    response: str | None = None
+    images: tuple[Image.Image, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A raw guard output and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    #: False when generation hit ``max_new_tokens`` before the verdict block was closed.
+    finished: bool = True
+
+
+class Backend(ABC):
+    """Runs the guard model. Subclasses implement :meth:`generate`."""
+
+    #: The model id or path this backend serves (recorded on every verdict).
+    model_id: str = ""
+
+    @abstractmethod
+    def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
+        """Generate one output per input, in order (greedy decoding)."""
+
+    async def agenerate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
+        """Async twin of :meth:`generate`; by default runs it in a worker thread."""
+        return await asyncio.to_thread(self.generate, inputs, max_new_tokens=max_new_tokens)
+
+    def format_prompt(self, item: GuardInput) -> str:
+        """The exact prompt string the model receives (image blocks unexpanded)."""
+        return render_prompt(item.text, item.response, num_images=len(item.images))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (connections, GPU memory). Default: nothing to do."""

@@ -1,0 +1,333 @@
+"""The local backend: a GuardReasoner-VL checkpoint run in-process with transformers.
+
+Greedy decoding exactly as the authors evaluated (no sampling, repetition penalty 1.0), overriding the
+checkpoint's own sampling defaults; generation stops once ``</result>`` is written; batches are
+left-padded. Quantisation (4-bit NF4 / 8-bit) goes through bitsandbytes with the vision tower kept in
+full precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from grvl_sdk._constants import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    MODEL_ENV_VAR,
+    RESULT_CLOSE,
+)
+from grvl_sdk._lazy import require
+from grvl_sdk.backends._encoding import PromptEncoder
+from grvl_sdk.backends._processor import load_processor
+from grvl_sdk.backends.base import Backend, Generation, GuardInput
+from grvl_sdk.errors import BackendError, InputError, ModelLoadError
+
+__all__ = ["LocalBackend", "Quantization"]
+
+logger = logging.getLogger("grvl_sdk")
+
+Quantization = Literal["4bit", "8bit"]
+# Module paths of the vision tower (transformers 5.x, 4.x) and the output head: never quantised.
+_SKIP_QUANTIZATION = ["model.visual", "visual", "lm_head"]
+
+
+def _looks_like_path(model_id: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+        if constants.HF_HUB_OFFLINE:
+            return False
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
+        endpoint = "https://huggingface.co"
+    parsed = urlparse(endpoint)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(model_id: str, revision: str | None, cache_dir: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision, cache_dir=cache_dir)
+        return isinstance(found, str)
+    except Exception:
+        return False
+
+
+def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> tuple[str, bool]:
+    """Check that ``model_id`` can be loaded before loading it; returns (id, local_files_only).
+
+    Fails fast with :class:`ModelLoadError` when the id is a missing folder, or a hub id that is
+    neither cached nor downloadable (no network): the message says how to pass a local path.
+    """
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise ModelLoadError("model id must be a non-empty string (a hub id or a local folder)")
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{str(path)!r} is a folder but holds no config.json: not a model checkpoint")
+        return str(path), True
+    if _looks_like_path(model_id):
+        raise ModelLoadError(f"model folder {model_id!r} does not exist")
+    if _is_cached(model_id, revision, cache_dir):
+        return model_id, not _hub_reachable(timeout=1.0)
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"cannot load model {model_id!r}: it is not in the local Hugging Face cache and the hub cannot be "
+            f"reached (no network). Pass a local checkpoint folder instead: `--model /path/to/model` on the "
+            f"command line, {MODEL_ENV_VAR}=/path/to/model in the environment, or "
+            f"Guard.from_pretrained('/path/to/model') in Python.",
+            model=model_id,
+        )
+    return model_id, False
+
+
+class _StopOnResultClose:
+    """Stopping criterion: a sequence is done once its new text contains ``</result>``."""
+
+    def __init__(self, tokenizer: Any, trigger_ids: frozenset[int], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.trigger_ids = trigger_ids
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        last = input_ids[:, -1].tolist()
+        done = [False] * len(last)
+        for row, token in enumerate(last):
+            if token in self.trigger_ids:
+                start = max(self.prompt_width, input_ids.shape[1] - 16)
+                tail = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
+                done[row] = RESULT_CLOSE in tail
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class LocalBackend(Backend):
+    """Runs a Qwen2.5-VL guard with transformers. Build it with :meth:`from_pretrained`.
+
+    ``model`` and ``processor`` are the loaded transformers objects.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str = "",
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if min_pixels < 1 or max_pixels < min_pixels:
+            raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+        self.encoder = PromptEncoder(processor, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.tokenizer = self.encoder.tokenizer
+        self._lock = threading.Lock()
+        vocab = self.tokenizer.get_vocab()
+        self._trigger_ids = frozenset(i for tok, i in vocab.items() if ">" in tok)
+        self._eos_ids = self._collect_eos_ids()
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        quantization: Quantization | None = None,
+        dtype: str | Any | None = None,
+        device: str | None = None,
+        device_map: Any = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        attn_implementation: str | None = None,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        **model_kwargs: Any,
+    ) -> LocalBackend:
+        """Load a checkpoint (hub id or local folder).
+
+        ``dtype`` defaults to bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 on CPU; ``device``
+        defaults to CUDA when available. ``quantization`` is ``None``, ``"4bit"`` (NF4, double
+        quantisation) or ``"8bit"``, via bitsandbytes; the vision tower is not quantised.
+        """
+        torch = require("torch", extra="local")
+        transformers = require("transformers", extra="local")
+        if quantization not in (None, "4bit", "8bit"):
+            raise InputError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+        resolved, local_only = resolve_model(model_id, revision=revision, cache_dir=cache_dir)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = _resolve_dtype(torch, dtype, device)
+        hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_only}
+        kwargs: dict[str, Any] = {"dtype": torch_dtype, **hub, **model_kwargs}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if quantization is not None:
+            require("bitsandbytes", extra="local")
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+            if quantization == "4bit":
+                kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch_dtype,
+                    llm_int8_skip_modules=_SKIP_QUANTIZATION,
+                )
+            else:
+                kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+                    load_in_8bit=True, llm_int8_skip_modules=_SKIP_QUANTIZATION
+                )
+            kwargs["device_map"] = device_map or {"": device}
+        elif device_map is not None:
+            kwargs["device_map"] = device_map
+        try:
+            processor = load_processor(resolved, **hub)
+            model = transformers.AutoModelForImageTextToText.from_pretrained(resolved, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load model {model_id!r}: {exc}", model=model_id) from exc
+        if quantization is None and device_map is None:
+            model.to(device)
+        model.eval()
+        return cls(model, processor, model_id=model_id, min_pixels=min_pixels, max_pixels=max_pixels)
+
+    # -- generation --------------------------------------------------------------------------
+    def _collect_eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        config = getattr(self.model, "generation_config", None)
+        for value in (getattr(config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif value:
+                ids.update(int(v) for v in value)
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            ids.add(im_end)
+        return ids
+
+    def generation_config(self, max_new_tokens: int) -> Any:
+        """The authors' decoding: greedy, repetition penalty 1.0 (overrides the checkpoint's sampling)."""
+        transformers = require("transformers", extra="local")
+        return transformers.GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+            eos_token_id=sorted(self._eos_ids),
+            pad_token_id=self.encoder.pad_token_id,
+        )
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def _pixel_dtype(self) -> Any:
+        visual = getattr(getattr(self.model, "model", self.model), "visual", None)
+        params = visual.parameters() if visual is not None else self.model.parameters()
+        return next(params).dtype
+
+    def format_prompt(self, item: GuardInput) -> str:
+        return self.encoder.format_prompt(item)
+
+    def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
+        import torch
+
+        if not inputs:
+            return []
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
+        width = batch.input_ids.shape[1]
+        kwargs: dict[str, Any] = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "generation_config": self.generation_config(max_new_tokens),
+            "stopping_criteria": [_StopOnResultClose(self.tokenizer, self._trigger_ids, width)],
+        }
+        if batch.mm_token_type_ids is not None:
+            kwargs["mm_token_type_ids"] = batch.mm_token_type_ids
+        if batch.pixel_values is not None:
+            kwargs["pixel_values"] = batch.pixel_values
+            kwargs["image_grid_thw"] = batch.image_grid_thw
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    output = self.model.generate(**kwargs)
+            except torch.cuda.OutOfMemoryError as exc:  # type: ignore[attr-defined]
+                raise BackendError(f"out of GPU memory generating a batch of {len(inputs)}: {exc}") from exc
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise BackendError(f"generation failed: {type(exc).__name__}: {exc}") from exc
+            latency_ms = (time.perf_counter() - started) * 1000
+        return [
+            self._to_generation(row, width, batch.prompt_lengths[i], latency_ms, max_new_tokens)
+            for i, row in enumerate(output.tolist())
+        ]
+
+    def _to_generation(
+        self, row: list[int], width: int, prompt_tokens: int, latency_ms: float, max_new_tokens: int
+    ) -> Generation:
+        new = row[width:]
+        stop = len(new)
+        hit_eos = False
+        for index, token in enumerate(new):
+            if token in self._eos_ids or token == self.encoder.pad_token_id:
+                stop, hit_eos = index, True
+                break
+        text = self.tokenizer.decode(new[:stop], skip_special_tokens=True)
+        closed = RESULT_CLOSE in text
+        if closed:
+            text = text[: text.index(RESULT_CLOSE) + len(RESULT_CLOSE)]
+        finished = closed or hit_eos or stop < max_new_tokens
+        return Generation(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=stop + (1 if hit_eos and stop < len(new) and new[stop] in self._eos_ids else 0),
+            latency_ms=latency_ms,
+            finished=finished,
+        )
+
+    def close(self) -> None:
+        self.model = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _resolve_dtype(torch: Any, dtype: Any, device: str) -> Any:
+    if dtype is None or dtype == "auto":
+        if str(device).startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, str):
+        value = getattr(
+            torch, dtype.replace("bf16", "bfloat16").replace("fp16", "float16").replace("fp32", "float32"), None
+        )
+        if not isinstance(value, torch.dtype):
+            raise InputError(f"unknown dtype {dtype!r}; use 'bfloat16', 'float16' or 'float32'")
+        return value
+    return dtype

@@ -1,0 +1,130 @@
+"""``grvl check``: judge one request (text and/or images) and an optional response."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from typing import Any
+
+from grvl_sdk._constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, MODEL_ENV_VAR
+from grvl_sdk.errors import BackendError, GRVLError, InputError, MissingDependencyError, ModelLoadError
+
+__all__ = ["EXIT_BACKEND", "EXIT_FLAGGED", "EXIT_INPUT", "EXIT_LOAD", "EXIT_OK", "register"]
+
+EXIT_OK = 0
+EXIT_FLAGGED = 1  # only with --fail-on-harmful: harmful or failed verdict
+EXIT_INPUT = 2
+EXIT_LOAD = 3
+EXIT_BACKEND = 4
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check a request (text and/or image) and an optional response",
+        description="Judge a request and an optional AI response with a GuardReasoner-VL guard.",
+        epilog=f"The model defaults to ${MODEL_ENV_VAR} or {DEFAULT_MODEL}. Exit codes: 0 check completed, "
+        "1 harmful or failed verdict (with --fail-on-harmful), 2 bad input, 3 model not loadable, 4 backend error.",
+    )
+    parser.add_argument("text", nargs="?", help="the user's request text ('-' reads standard input)")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
+    parser.add_argument("--response", help="the AI assistant's response to judge as well")
+    parser.add_argument("--model", help=f"hub id or local folder (default: ${MODEL_ENV_VAR} or {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--quantization",
+        choices=["auto", "none", "4bit", "8bit"],
+        default="auto",
+        help="bitsandbytes quantisation (auto: 4bit on CUDA, none on CPU)",
+    )
+    parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
+    parser.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="vision budget per image")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument(
+        "--fail-on-harmful", action="store_true", help="exit 1 when the verdict is harmful or the check failed"
+    )
+    parser.set_defaults(func=run)
+
+
+def _quantization(choice: str) -> str | None:
+    if choice == "auto":
+        try:
+            import torch
+
+            return "4bit" if torch.cuda.is_available() else None
+        except ImportError:
+            return None
+    return None if choice == "none" else choice
+
+
+def _error(message: str, code: int, as_json: bool, error: GRVLError | None = None) -> int:
+    if as_json:
+        payload = error.to_dict() if error is not None else {"code": "usage", "message": message}
+        print(json.dumps({"error": payload}))
+    print(f"grvl: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if not text and not args.image:
+        return _error("give a request TEXT, an --image, or both", EXIT_INPUT, args.json)
+    model = args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+    quantization = _quantization(args.quantization)
+    from grvl_sdk.guard import Guard
+
+    print(f"Loading guard model {model} (quantization: {quantization or 'none'})...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        guard = Guard.from_pretrained(
+            model,
+            quantization=quantization,
+            device=args.device,
+            dtype=args.dtype,
+            max_new_tokens=args.max_new_tokens,
+            max_pixels=args.max_pixels,
+        )
+    except (ModelLoadError, MissingDependencyError) as exc:
+        return _error(exc.message, EXIT_LOAD, args.json, exc)
+    except InputError as exc:
+        return _error(exc.message, EXIT_INPUT, args.json, exc)
+    print(f"Loaded in {time.perf_counter() - started:.1f} s; checking...", file=sys.stderr, flush=True)
+    try:
+        verdict = guard.check(text or None, images=args.image or None, response=args.response)
+    except InputError as exc:
+        return _error(exc.message, EXIT_INPUT, args.json, exc)
+    except BackendError as exc:
+        return _error(exc.message, EXIT_BACKEND, args.json, exc)
+    if args.json:
+        print(json.dumps({**verdict.model_dump(mode="json"), "failed": verdict.failed}, ensure_ascii=False))
+    else:
+        print(_human(verdict))
+    if args.fail_on_harmful and verdict.harmful:
+        return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _human(verdict: Any) -> str:
+    lines = []
+    if verdict.failed:
+        lines.append(f"Verdict:   FAILED ({verdict.error.code}) - treated as harmful (fail-closed)")
+        lines.append(f"Error:     {verdict.error.message}")
+    else:
+        lines.append(f"Verdict:   {'HARMFUL' if verdict.harmful else 'unharmful'}")
+        lines.append(f"Request:   {verdict.request_label}")
+        lines.append(f"Response:  {verdict.response_label or '- (no response given)'}")
+    usage = verdict.usage
+    lines.append(f"Model:     {verdict.model}")
+    lines.append(
+        f"Time:      {usage.latency_ms:.0f} ms ({usage.prompt_tokens} prompt + {usage.completion_tokens} output tokens)"
+    )
+    body = verdict.reasoning if verdict.reasoning else (verdict.raw_output if verdict.failed else "")
+    if body:
+        lines.append("Reasoning:" if verdict.reasoning else "Raw output:")
+        lines.extend(textwrap.indent(body.strip(), "  ").splitlines())
+    return "\n".join(lines)
