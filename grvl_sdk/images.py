@@ -53,11 +53,11 @@ def _bytes_from_string(value: str) -> tuple[bytes | None, Path | None]:
             "image URLs are not fetched by the guard; download the image and pass its bytes, path or a data: URL"
         )
     if len(value) < 4096 and ("\x00" not in value):
-        path = Path(value).expanduser()
         try:
+            path = Path(value).expanduser()
             if path.is_file():
                 return None, path
-        except OSError:
+        except (OSError, RuntimeError, ValueError):  # e.g. "~user" with no such user
             pass
     if len(value) >= 16 and _BASE64_CHARS.match(value):
         return _decode_base64(value, "the image string"), None

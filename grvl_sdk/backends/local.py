@@ -78,7 +78,10 @@ def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str 
     """
     if not isinstance(model_id, str) or not model_id.strip():
         raise ModelLoadError("model id must be a non-empty string (a hub id or a local folder)")
-    path = Path(model_id).expanduser()
+    try:
+        path = Path(model_id).expanduser()
+    except RuntimeError as exc:  # "~user" with no such user
+        raise ModelLoadError(f"cannot resolve model path {model_id!r}: {exc}") from exc
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{str(path)!r} is a folder but holds no config.json: not a model checkpoint")
