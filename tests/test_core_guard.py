@@ -258,3 +258,49 @@ def test_max_pixels_bounds_vision_tokens(tiny_guard_path):
         batch = guard.backend.encoder.encode_batch([guard.prepare(image=big)], device="cpu", pixel_dtype=None)
         counts.append(batch.input_ids[0].tolist().count(image_pad))
     assert counts[0] <= 4 < counts[1] <= 64
+
+
+async def test_acheck_does_not_block_the_event_loop(tiny_guard):
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await tiny_guard.acheck("hello there", max_new_tokens=24)
+    stop.set()
+    await task
+    assert ticks > 1
+
+
+def test_processor_falls_back_without_torchvision(tiny_guard_path, monkeypatch):
+    import transformers
+
+    from grvl_sdk.backends import _processor
+
+    def broken(*args, **kwargs):
+        raise ImportError("Qwen2VLVideoProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", broken)
+    processor = _processor.load_processor(str(tiny_guard_path))
+    assert type(processor).__name__ == "QwenVLImageTextProcessor"
+    assert processor.image_processor is not None and processor.tokenizer is not None
+    assert processor.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    sentinel = object()
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: sentinel)
+    assert _processor.load_processor(str(tiny_guard_path)) is sentinel
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"), [(None, "float32"), ("auto", "float32"), ("bf16", "bfloat16"), ("float16", "float16")]
+)
+def test_dtype_resolution_on_cpu(dtype, expected):
+    import torch
+
+    assert local_module._resolve_dtype(torch, dtype, "cpu") == getattr(torch, expected)
+    with pytest.raises(InputError):
+        local_module._resolve_dtype(torch, "float7", "cpu")
