@@ -5,32 +5,44 @@
 >>> guard.check("How do I pick this lock?", image="door.jpg").harmful
 """
 
+from grvl_sdk.audit import AuditLog
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
 from grvl_sdk.errors import (
     BackendError,
+    CircuitOpenError,
+    DeadlineExceededError,
     GRVLError,
+    GuardBlocked,
     ImageError,
     ImageTooLargeError,
     InputError,
     MissingDependencyError,
     ModelLoadError,
     ParseError,
+    RemoteBackendError,
 )
 from grvl_sdk.guard import Guard
 from grvl_sdk.parsing import ParsedOutput, parse_output
+from grvl_sdk.policy import Policy
 from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages, build_transcript, render_prompt
-from grvl_sdk.verdict import ErrorInfo, Usage, Verdict
+from grvl_sdk.scores import TokenLogprobs
+from grvl_sdk.verdict import Decision, ErrorInfo, Usage, Verdict
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SYSTEM_PROMPT",
+    "AuditLog",
     "Backend",
     "BackendError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
+    "Decision",
     "ErrorInfo",
     "GRVLError",
     "Generation",
     "Guard",
+    "GuardBlocked",
     "GuardInput",
     "ImageError",
     "ImageTooLargeError",
@@ -39,6 +51,9 @@ __all__ = [
     "ModelLoadError",
     "ParseError",
     "ParsedOutput",
+    "Policy",
+    "RemoteBackendError",
+    "TokenLogprobs",
     "Usage",
     "Verdict",
     "__version__",

@@ -27,3 +27,35 @@ MAX_IMAGES_PER_CHECK = 10
 
 #: The stop marker: generation ends once the verdict block is closed.
 RESULT_CLOSE = "</result>"
+
+# -- middleware -------------------------------------------------------------------------------
+#: What a blocked wrapped call returns when the policy says ``on_block="refuse"``.
+DEFAULT_REFUSAL = "Sorry, I can't help with that."
+#: Streaming moderation: check the accumulated response every this many characters (and at the end).
+DEFAULT_STREAM_CHECK_EVERY = 400
+#: Verdict cache entries (LRU); 0 turns the cache off.
+DEFAULT_CACHE_SIZE = 1024
+#: Micro-batching: at most this many concurrent checks generated together...
+DEFAULT_MAX_BATCH_SIZE = 16
+#: ...waiting at most this long after the first one for others to join.
+DEFAULT_MAX_WAIT_MS = 2.0
+#: Conversations: characters of earlier turns given to the guard as context of the latest user turn.
+DEFAULT_CONTEXT_CHARS = 2000
+#: Scores: alternatives kept per generated token (local backend) / ``top_logprobs`` asked of a server.
+SCORE_TOP_K = 5
+
+# -- remote backend ---------------------------------------------------------------------------
+#: Seconds to connect / read / write / wait for a pooled connection.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 120.0
+DEFAULT_WRITE_TIMEOUT = 30.0
+DEFAULT_POOL_TIMEOUT = 10.0
+#: Retries after the first attempt, on connection errors, 429 and 5xx; back-off base and cap (seconds).
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_BACKOFF_BASE = 0.2
+DEFAULT_BACKOFF_MAX = 5.0
+#: Circuit breaker: open after this many consecutive failed calls, try again after this many seconds.
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_RESET_S = 30.0
+#: Connections kept open to the guard server.
+DEFAULT_MAX_CONNECTIONS = 32

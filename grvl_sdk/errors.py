@@ -9,24 +9,40 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     ├── ParseError                 code "unparseable_output"   the guard's output has no usable verdict
     ├── ModelLoadError             code "model_load_failed"    model id/path not found, bad checkpoint
     ├── MissingDependencyError     code "missing_dependency"   an optional extra is not installed
+    ├── DeadlineExceededError      code "deadline_exceeded"    no verdict within the policy's deadline
+    ├── GuardBlocked               code "guard_blocked"        a wrapped call was blocked (``.verdict``, ``.stage``)
+    ├── EvalError                  code "eval_error"           evaluation: unknown benchmark, bad spec, resume mismatch
+    │   └── DataFormatError        code "invalid_data"         a benchmark or prediction file cannot be read
     └── BackendError               code "backend_error"        generation failed inside the backend
+        └── RemoteBackendError     code "remote_error"         the guard server failed, or answered badly
+            └── CircuitOpenError   code "circuit_open"         recent calls failed: the server is not called for a while
 
-``MissingDependencyError`` is also an ``ImportError``; ``InputError`` is also a ``ValueError``.
+``MissingDependencyError`` is also an ``ImportError``; ``InputError`` and ``EvalError`` are also
+``ValueError``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from grvl_sdk.verdict import Verdict
 
 __all__ = [
     "BackendError",
+    "CircuitOpenError",
+    "DataFormatError",
+    "DeadlineExceededError",
+    "EvalError",
     "GRVLError",
+    "GuardBlocked",
     "ImageError",
     "ImageTooLargeError",
     "InputError",
     "MissingDependencyError",
     "ModelLoadError",
     "ParseError",
+    "RemoteBackendError",
 ]
 
 
@@ -94,3 +110,51 @@ class BackendError(GRVLError):
     """The backend failed while generating (out of memory, device error, server error...)."""
 
     code: ClassVar[str] = "backend_error"
+
+
+class RemoteBackendError(BackendError):
+    """The guard server could not be reached, failed (5xx, 429 after retries) or answered badly.
+
+    ``details["status_code"]`` holds the HTTP status when there was one.
+    """
+
+    code: ClassVar[str] = "remote_error"
+
+
+class CircuitOpenError(RemoteBackendError):
+    """The circuit breaker is open after repeated failures: the server is not called until it resets."""
+
+    code: ClassVar[str] = "circuit_open"
+
+
+class DeadlineExceededError(GRVLError):
+    """No verdict within the policy's ``deadline``; the policy's fail mode decides what happens."""
+
+    code: ClassVar[str] = "deadline_exceeded"
+
+
+class GuardBlocked(GRVLError):
+    """A guarded call was blocked. ``verdict`` is the verdict that blocked it; ``stage`` is
+    ``"request"`` (the wrapped function was not called), ``"response"`` or ``"stream"``."""
+
+    code: ClassVar[str] = "guard_blocked"
+
+    def __init__(self, verdict: Verdict, *, stage: str) -> None:
+        reason = verdict.fail_reason or (
+            f"request {verdict.request_label}, response {verdict.response_label or 'not judged'}"
+        )
+        super().__init__(f"blocked by the guard at the {stage} check ({verdict.decision}: {reason})", stage=stage)
+        self.verdict = verdict
+        self.stage = stage
+
+
+class EvalError(GRVLError, ValueError):
+    """Evaluation cannot proceed: unknown benchmark, bad benchmark spec, a results folder of another run."""
+
+    code: ClassVar[str] = "eval_error"
+
+
+class DataFormatError(EvalError):
+    """A benchmark or prediction file cannot be read (not JSON, unknown layout, bad label)."""
+
+    code: ClassVar[str] = "invalid_data"

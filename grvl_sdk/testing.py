@@ -13,11 +13,22 @@ content.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from grvl_sdk._lazy import require
+from grvl_sdk.backends.base import Backend, Generation, GuardInput
 
-__all__ = ["QWEN2_5_VL_CHAT_TEMPLATE", "QWEN_SPECIAL_TOKENS", "build_tiny_guard"]
+__all__ = [
+    "QWEN2_5_VL_CHAT_TEMPLATE",
+    "QWEN_SPECIAL_TOKENS",
+    "ScriptedBackend",
+    "build_tiny_guard",
+    "guard_output",
+]
 
 #: The chat template shipped with Qwen2.5-VL-Instruct (and the GuardReasoner-VL checkpoints).
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -216,3 +227,82 @@ def _write_processor_metadata(path: Path) -> None:
         },
     }
     (path / "processor_config.json").write_text(json.dumps(processor_config, indent=2), encoding="utf-8")
+
+
+def guard_output(request: str = "unharmful", response: str | None = None, *, reasoning: str = "scripted") -> str:
+    """A well-formed guard output: ``<think>reasoning</think><result>Request: ...\nResponse: ...</result>``."""
+    return f"<think>\n{reasoning}\n</think>\n<result>\nRequest: {request}\nResponse: {response or 'None'}\n</result>"
+
+
+#: What a scripted backend returns for one input: an output text, a full ``Generation``, or an
+#: exception to raise (failing the whole ``generate`` call, like a real backend error).
+ScriptedReply = str | Generation | BaseException
+
+
+class ScriptedBackend(Backend):
+    """A backend that replies from a script instead of a model, to test guarded apps deterministically.
+
+    ``script`` is one reply for every input, a list of replies used in order (an ``IndexError``
+    once exhausted), or a callable ``script(item) -> reply``. A reply is an output text (see
+    :func:`guard_output`), a ``Generation``, or an exception to raise. ``delay`` seconds are slept per
+    ``generate`` call. ``calls`` records the inputs of each call.
+
+    >>> backend = ScriptedBackend(lambda item: guard_output("harmful" if "bomb" in (item.text or "") else "unharmful"))
+    >>> Guard(backend).check("how to make a bomb").decision
+    'block'
+    """
+
+    def __init__(
+        self,
+        script: ScriptedReply | Sequence[ScriptedReply] | Callable[[GuardInput], ScriptedReply],
+        *,
+        model_id: str = "scripted",
+        delay: float = 0.0,
+        finished: bool = True,
+    ) -> None:
+        self.script = script
+        self.model_id = model_id
+        self.delay = delay
+        self.finished = finished
+        self.calls: list[list[GuardInput]] = []
+        self._position = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def flagging(cls, *words: str, **options: Any) -> ScriptedBackend:
+        """A backend labelling a request (or response) ``harmful`` when its text contains any of ``words``
+        (case-insensitive), ``unharmful`` otherwise."""
+        lowered = [w.lower() for w in words]
+
+        def label(text: str | None) -> str:
+            return "harmful" if text and any(w in text.lower() for w in lowered) else "unharmful"
+
+        def script(item: GuardInput) -> str:
+            return guard_output(label(item.text), None if item.response is None else label(item.response))
+
+        return cls(script, **options)
+
+    def _reply(self, item: GuardInput) -> ScriptedReply:
+        if callable(self.script) and not isinstance(self.script, BaseException):
+            return self.script(item)
+        if isinstance(self.script, (str, Generation, BaseException)):
+            return self.script
+        with self._lock:
+            reply = self.script[self._position]
+            self._position += 1
+        return reply
+
+    def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
+        with self._lock:
+            self.calls.append(list(inputs))
+        if self.delay:
+            time.sleep(self.delay)
+        generations: list[Generation] = []
+        for item in inputs:
+            reply: Any = self._reply(item)
+            if isinstance(reply, BaseException):
+                raise reply
+            if isinstance(reply, str):
+                reply = Generation(reply, 0, len(reply.split()), self.delay * 1000, self.finished)
+            generations.append(reply)
+        return generations

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from grvl_sdk.errors import GRVLError
 from grvl_sdk.parsing import Label
 
-__all__ = ["ErrorInfo", "Usage", "Verdict"]
+__all__ = ["Decision", "ErrorInfo", "FailMode", "Mode", "Stage", "Usage", "Verdict"]
+
+#: What the policy decided: ``allow`` / ``block`` on a judgement, ``error-allowed`` / ``error-blocked``
+#: when the guard could not judge and the fail mode (``on_error``) decided instead.
+Decision = Literal["allow", "block", "error-allowed", "error-blocked"]
+#: ``enforce``: decisions are acted on; ``monitor``: they are only recorded and logged.
+Mode = Literal["enforce", "monitor"]
+#: The fail mode: ``block`` (fail-closed) or ``allow`` (fail-open).
+FailMode = Literal["block", "allow"]
+#: Which check of a guarded call: the request (before the call), the response (after it), or a
+#: partial response while a stream is still running.
+Stage = Literal["request", "response", "stream"]
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
 
 
 class Usage(BaseModel):
@@ -21,6 +37,8 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     #: Wall time of the generation that produced this verdict (for a batch: the whole batch's time).
     latency_ms: float = 0.0
+    #: Wall time of the whole check as the caller saw it (image loading, queueing, cache lookup included).
+    total_ms: float = 0.0
 
 
 class ErrorInfo(BaseModel):
@@ -39,10 +57,12 @@ class ErrorInfo(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The guard's judgement of one request (and optional response).
+    """The guard's judgement of one request (and optional response), and the policy's decision.
 
     A *failed* verdict (``failed`` is true, ``error`` says why) has no labels and reports
-    ``harmful=True``: a guard that could not judge never reads as "unharmful".
+    ``harmful=True``: a guard that could not judge never reads as "unharmful". Its ``decision`` is
+    ``error-blocked`` or ``error-allowed`` (the fail mode applied, ``fail_reason`` says why), never
+    ``allow``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -57,11 +77,35 @@ class Verdict(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
     error: ErrorInfo | None = None
+    #: The model's probability of ``harmful`` at its request / response label (see ``grvl_sdk.scores``;
+    #: not calibrated). ``None`` without a label or without log-probabilities.
+    request_score: float | None = None
+    response_score: float | None = None
+    #: The policy's decision (``None`` only on a verdict built by hand).
+    decision: Decision | None = None
+    #: The policy mode the decision was made under; in ``monitor`` mode nothing is blocked.
+    mode: Mode | None = None
+    #: The fail mode applied when the guard could not judge, and why (``None`` when it judged).
+    fail_mode: FailMode | None = None
+    fail_reason: str | None = None
+    #: True when the judgement came from the verdict cache.
+    cached: bool = False
+    #: Unique id of this verdict; ``call_id`` groups the verdicts of one guarded call.
+    id: str = Field(default_factory=_new_id)
+    call_id: str | None = None
+    stage: Stage | None = None
 
     @property
     def failed(self) -> bool:
         """True when the guard produced no usable judgement (see ``error``)."""
         return self.error is not None
+
+    @property
+    def blocked(self) -> bool:
+        """True when the decision blocks and the policy enforces it (``monitor`` mode never blocks)."""
+        if self.decision is None:
+            return self.harmful
+        return self.mode != "monitor" and self.decision in ("block", "error-blocked")
 
     @classmethod
     def from_labels(cls, request_label: Label, response_label: Label | None, **fields: Any) -> Verdict:

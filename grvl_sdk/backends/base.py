@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from grvl_sdk.prompt import render_prompt
+from grvl_sdk.scores import TokenLogprobs
 
 __all__ = ["Backend", "Generation", "GuardInput"]
 
@@ -37,6 +38,8 @@ class Generation:
     latency_ms: float
     #: False when generation hit ``max_new_tokens`` before the verdict block was closed.
     finished: bool = True
+    #: Per-token log-probabilities, for label scores (``None`` when the backend gives none).
+    logprobs: TokenLogprobs | None = None
 
 
 class Backend(ABC):
@@ -44,6 +47,14 @@ class Backend(ABC):
 
     #: The model id or path this backend serves (recorded on every verdict).
     model_id: str = ""
+    #: Whether a ``Guard`` should coalesce concurrent checks into batched ``generate`` calls by default
+    #: (true for in-process models; a server batches by itself).
+    prefers_micro_batching: bool = False
+
+    @property
+    def cache_settings(self) -> str:
+        """Settings that change outputs for the same input (pixel budgets, server...): part of cache keys."""
+        return type(self).__name__
 
     @abstractmethod
     def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:

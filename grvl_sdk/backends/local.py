@@ -1,14 +1,17 @@
 """The local backend: a GuardReasoner-VL checkpoint run in-process with transformers.
 
 Greedy decoding exactly as the authors evaluated (no sampling, repetition penalty 1.0), overriding the
-checkpoint's own sampling defaults; generation stops once ``</result>`` is written; batches are
-left-padded. Quantisation (4-bit NF4 / 8-bit) goes through bitsandbytes with the vision tower kept in
-full precision.
+checkpoint's own sampling defaults; generation stops once ``</result>`` is written, or when the check's
+deadline passes; batches are left-padded. The top log-probabilities of every generated token are kept
+(a top-k over the logits the model computes anyway) for label scores. Quantisation (4-bit NF4 / 8-bit)
+goes through bitsandbytes with the vision tower kept in full precision.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import socket
 import threading
 import time
@@ -22,12 +25,14 @@ from grvl_sdk._constants import (
     DEFAULT_MIN_PIXELS,
     MODEL_ENV_VAR,
     RESULT_CLOSE,
+    SCORE_TOP_K,
 )
 from grvl_sdk._lazy import require
-from grvl_sdk.backends._encoding import PromptEncoder
+from grvl_sdk.backends._encoding import EncodedBatch, PromptEncoder
 from grvl_sdk.backends._processor import load_processor
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
-from grvl_sdk.errors import BackendError, InputError, ModelLoadError
+from grvl_sdk.errors import BackendError, DeadlineExceededError, InputError, ModelLoadError
+from grvl_sdk.scores import TokenLogprobs
 
 __all__ = ["LocalBackend", "Quantization"]
 
@@ -122,11 +127,56 @@ class _StopOnResultClose:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class _StopAtDeadline:
+    """Stopping criterion: every sequence is done once the deadline (``time.monotonic()``) has passed."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        if time.monotonic() >= self.deadline:
+            self.fired = True
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
+class _TopLogprobs:
+    """Logits processor that records the top-k log-probabilities of each step (scores unchanged).
+
+    Cost per step: one top-k and one log-sum-exp over the vocabulary, on the device.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: list[Any] = []
+        self.indices: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        logits = scores.float()
+        values, indices = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
+        self.values.append(values - logits.logsumexp(dim=-1, keepdim=True))
+        self.indices.append(indices)
+        return scores
+
+    def stacked(self) -> tuple[list[Any], list[Any]] | None:
+        """(values, indices) as nested lists [row][step][k] on the CPU, or None if nothing was recorded."""
+        import torch
+
+        if not self.values:
+            return None
+        return torch.stack(self.values, 1).cpu().tolist(), torch.stack(self.indices, 1).cpu().tolist()
+
+
 class LocalBackend(Backend):
     """Runs a Qwen2.5-VL guard with transformers. Build it with :meth:`from_pretrained`.
 
-    ``model`` and ``processor`` are the loaded transformers objects.
+    ``model`` and ``processor`` are the loaded transformers objects. ``score_top_k`` alternatives are
+    kept per generated token for label scores (0 turns scores off).
     """
+
+    prefers_micro_batching = True
 
     def __init__(
         self,
@@ -136,9 +186,13 @@ class LocalBackend(Backend):
         model_id: str = "",
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        score_top_k: int = SCORE_TOP_K,
     ) -> None:
         if min_pixels < 1 or max_pixels < min_pixels:
             raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        if score_top_k < 0:
+            raise InputError(f"score_top_k must be >= 0, got {score_top_k}")
+        self.score_top_k = score_top_k
         self.model = model
         self.processor = processor
         self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
@@ -164,6 +218,7 @@ class LocalBackend(Backend):
         attn_implementation: str | None = None,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        score_top_k: int = SCORE_TOP_K,
         **model_kwargs: Any,
     ) -> LocalBackend:
         """Load a checkpoint (hub id or local folder).
@@ -209,7 +264,9 @@ class LocalBackend(Backend):
         if quantization is None and device_map is None:
             model.to(device)
         model.eval()
-        return cls(model, processor, model_id=model_id, min_pixels=min_pixels, max_pixels=max_pixels)
+        return cls(
+            model, processor, model_id=model_id, min_pixels=min_pixels, max_pixels=max_pixels, score_top_k=score_top_k
+        )
 
     # -- generation --------------------------------------------------------------------------
     def _collect_eos_ids(self) -> set[int]:
@@ -252,43 +309,94 @@ class LocalBackend(Backend):
     def format_prompt(self, item: GuardInput) -> str:
         return self.encoder.format_prompt(item)
 
-    def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
-        import torch
+    @property
+    def cache_settings(self) -> str:
+        dtype = getattr(self.model, "dtype", "")
+        return f"local:{self.encoder.min_pixels}:{self.encoder.max_pixels}:{dtype}"
 
+    def generate(
+        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+    ) -> list[Generation]:
+        """Generate one output per input. ``deadline`` (a ``time.monotonic()`` value) stops generation
+        and raises :class:`DeadlineExceededError` once passed."""
         if not inputs:
             return []
+        batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
+        return self.generate_encoded(batch, max_new_tokens=max_new_tokens, deadline=deadline)
+
+    async def agenerate(
+        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+    ) -> list[Generation]:
+        """Async twin of :meth:`generate` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline)
+
+    def generate_encoded(
+        self, batch: EncodedBatch, *, max_new_tokens: int, deadline: float | None = None
+    ) -> list[Generation]:
+        """Generate from already tokenised inputs (``EncodedBatch``, left-padded)."""
+        import torch
+
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
         width = batch.input_ids.shape[1]
+        stopping: list[Any] = [_StopOnResultClose(self.tokenizer, self._trigger_ids, width)]
+        at_deadline = _StopAtDeadline(deadline) if deadline is not None else None
+        if at_deadline is not None:
+            stopping.append(at_deadline)
+        top = _TopLogprobs(self.score_top_k) if self.score_top_k else None
         kwargs: dict[str, Any] = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "generation_config": self.generation_config(max_new_tokens),
-            "stopping_criteria": [_StopOnResultClose(self.tokenizer, self._trigger_ids, width)],
+            "stopping_criteria": stopping,
         }
+        if top is not None:
+            kwargs["logits_processor"] = [top]
         if batch.mm_token_type_ids is not None:
             kwargs["mm_token_type_ids"] = batch.mm_token_type_ids
         if batch.pixel_values is not None:
             kwargs["pixel_values"] = batch.pixel_values
             kwargs["image_grid_thw"] = batch.image_grid_thw
-        with self._lock:
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise DeadlineExceededError("deadline passed while waiting for the model (busy with other checks)")
+        try:
             started = time.perf_counter()
             try:
                 with torch.inference_mode():
                     output = self.model.generate(**kwargs)
             except torch.cuda.OutOfMemoryError as exc:  # type: ignore[attr-defined]
-                raise BackendError(f"out of GPU memory generating a batch of {len(inputs)}: {exc}") from exc
+                size = len(batch.prompt_lengths)
+                raise BackendError(f"out of GPU memory generating a batch of {size}: {exc}") from exc
             except (RuntimeError, ValueError, IndexError) as exc:
                 raise BackendError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             latency_ms = (time.perf_counter() - started) * 1000
-        return [
-            self._to_generation(row, width, batch.prompt_lengths[i], latency_ms, max_new_tokens)
+        finally:
+            self._lock.release()
+        recorded = top.stacked() if top is not None else None
+        generations = [
+            self._to_generation(
+                row,
+                width,
+                batch.prompt_lengths[i],
+                latency_ms,
+                max_new_tokens,
+                None if recorded is None else (recorded[0][i], recorded[1][i]),
+            )
             for i, row in enumerate(output.tolist())
         ]
+        if at_deadline is not None and at_deadline.fired and not all(g.finished for g in generations):
+            raise DeadlineExceededError(f"deadline passed after {latency_ms:.0f} ms of generation")
+        return generations
 
     def _to_generation(
-        self, row: list[int], width: int, prompt_tokens: int, latency_ms: float, max_new_tokens: int
+        self,
+        row: list[int],
+        width: int,
+        prompt_tokens: int,
+        latency_ms: float,
+        max_new_tokens: int,
+        top: tuple[list[list[float]], list[list[int]]] | None = None,
     ) -> Generation:
         new = row[width:]
         stop = len(new)
@@ -308,7 +416,24 @@ class LocalBackend(Backend):
             completion_tokens=stop + (1 if hit_eos and stop < len(new) and new[stop] in self._eos_ids else 0),
             latency_ms=latency_ms,
             finished=finished,
+            logprobs=self._token_logprobs(new[:stop], top) if top is not None else None,
         )
+
+    def _token_logprobs(self, ids: list[int], top: tuple[list[list[float]], list[list[int]]]) -> TokenLogprobs:
+        """Token texts now (one batched decode); alternatives decoded lazily, only where asked."""
+        values, indices = top
+        tokens = self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+        decode = self.tokenizer.decode
+
+        def alternatives(step: int) -> dict[str, float]:
+            found: dict[str, float] = {}
+            for value, index in zip(values[step], indices[step], strict=True):
+                text = decode([index], skip_special_tokens=False)
+                # Two ids may decode to the same text (byte fragments): add their probabilities.
+                found[text] = math.log(math.exp(found[text]) + math.exp(value)) if text in found else value
+            return found
+
+        return TokenLogprobs(tokens=tuple(tokens), alternatives=alternatives)
 
     def close(self) -> None:
         self.model = None

@@ -1,0 +1,61 @@
+"""Evaluation: the paper's benchmark table for any guard, and re-scoring of saved outputs.
+
+>>> from grvl_sdk import Guard
+>>> from grvl_sdk.eval import run_eval
+>>> guard = Guard.from_pretrained("yueliu1999/GuardReasoner-VL-Eco-3B")
+>>> summary = run_eval(guard, ["ToxicChat", "HarmBenchResponse"], "results/eco3b", data_dir="benchmarks/")
+>>> summary.averages()["request"]["Avg(Text)"]
+
+See ``docs/evaluation.md``. The CLI is ``grvl eval run|score|report|compare|list``.
+"""
+
+from grvl_sdk.eval.formats import PredictionRecord, Sample, load_benchmark, load_predictions
+from grvl_sdk.eval.metrics import (
+    Confusion,
+    confusion,
+    f1_score,
+    precision_score,
+    recall_score,
+    weighted_average,
+)
+from grvl_sdk.eval.official import OFFICIAL_WINDOW, official_label
+from grvl_sdk.eval.registry import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks
+from grvl_sdk.eval.report import ResultRow, load_compare, load_published, load_summary, render_markdown, write_reports
+from grvl_sdk.eval.runner import load_run, run_eval
+from grvl_sdk.eval.scoring import BenchmarkResult, EvalSummary, apply_parse, score_records, sdk_label
+from grvl_sdk.eval.sources import BenchmarkSource, parse_spec, resolve_sources
+
+__all__ = [
+    "BENCHMARKS",
+    "OFFICIAL_WINDOW",
+    "Benchmark",
+    "BenchmarkResult",
+    "BenchmarkSource",
+    "Confusion",
+    "EvalSummary",
+    "PredictionRecord",
+    "ResultRow",
+    "Sample",
+    "apply_parse",
+    "confusion",
+    "f1_score",
+    "get_benchmark",
+    "load_benchmark",
+    "load_compare",
+    "load_predictions",
+    "load_published",
+    "load_run",
+    "load_summary",
+    "official_label",
+    "paper_benchmarks",
+    "parse_spec",
+    "precision_score",
+    "recall_score",
+    "render_markdown",
+    "resolve_sources",
+    "run_eval",
+    "score_records",
+    "sdk_label",
+    "weighted_average",
+    "write_reports",
+]

@@ -1,0 +1,103 @@
+"""Label scores: the guard's own probability of ``harmful`` where it wrote a label.
+
+At the position where the model wrote ``Request: <label>`` (and ``Response: <label>``) in the block the
+parser reads, the next-token distribution splits into a *harmful* branch (tokens spelling the start of
+``harmful``) and an *unharmful* branch (``unharmful``). The score is::
+
+    score = P(harmful branch) / (P(harmful branch) + P(unharmful branch))
+
+read from the top alternatives the backend kept at that step (the local backend keeps the top
+:data:`~grvl_sdk._constants.SCORE_TOP_K` log-probabilities of every generated token; a remote server
+returns ``top_logprobs``). An alternative outside that top list counts as probability 0, so a very
+confident label scores exactly 0.0 or 1.0.
+
+What a score is not: it is conditioned on the reasoning the model wrote before the label (greedy
+decoding), it is not calibrated (a 0.9 does not mean 90% of such inputs are harmful), and it is not
+comparable across models. Calibrate it on your own data before using it as a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from grvl_sdk.parsing import _ANSWERS, _REQUEST, _RESPONSE, _RESULT_OPEN, _THINK
+
+__all__ = ["TokenLogprobs", "label_scores"]
+
+_HARMFUL = "harmful"
+_UNHARMFUL = "unharmful"
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Per generated token: its text, and the top alternatives at that step.
+
+    ``alternatives(i)`` maps token text to log-probability for step ``i`` (the chosen token included);
+    it is a callable so a backend can decode alternatives lazily, only where a label was written.
+    """
+
+    tokens: Sequence[str]
+    alternatives: Callable[[int], Mapping[str, float]]
+
+
+def _region_start(text: str) -> int:
+    """Where the labels the parser reads begin (same rules as :func:`grvl_sdk.parsing.parse_output`)."""
+    opened = _RESULT_OPEN.search(text)
+    if opened:
+        return opened.end()
+    think = _THINK.search(text)
+    if think:
+        return think.end()
+    answers = list(_ANSWERS.finditer(text))
+    return answers[-1].end() if answers else 0
+
+
+def _branch(rest: str) -> str | None:
+    rest = rest.lower()
+    for word in (_HARMFUL, _UNHARMFUL):
+        if word.startswith(rest) or rest.startswith(word):
+            return word
+    return None
+
+
+def _score_at(logprobs: TokenLogprobs, starts: list[int], char: int) -> float | None:
+    step = bisect_right(starts, char) - 1
+    if step < 0 or step >= len(logprobs.tokens):
+        return None
+    prefix = logprobs.tokens[step][: char - starts[step]]
+    mass = {_HARMFUL: 0.0, _UNHARMFUL: 0.0}
+    for token, logprob in logprobs.alternatives(step).items():
+        if not token.startswith(prefix) or len(token) == len(prefix):
+            continue
+        word = _branch(token[len(prefix) :])
+        if word is not None:
+            mass[word] += math.exp(logprob)
+    total = mass[_HARMFUL] + mass[_UNHARMFUL]
+    return mass[_HARMFUL] / total if total > 0 else None
+
+
+def label_scores(logprobs: TokenLogprobs | None) -> tuple[float | None, float | None]:
+    """(request score, response score) of one output; ``None`` where no label or no logprobs.
+
+    A ``Response: None`` label has no score.
+    """
+    if logprobs is None or not logprobs.tokens:
+        return None, None
+    starts: list[int] = []
+    position = 0
+    for token in logprobs.tokens:
+        starts.append(position)
+        position += len(token)
+    text = "".join(logprobs.tokens)
+    start = _region_start(text)
+    scores: list[float | None] = []
+    for pattern in (_REQUEST, _RESPONSE):
+        match = pattern.search(text, start)
+        if match is None or match.group(1).lower() == "none":
+            scores.append(None)
+        else:
+            scores.append(_score_at(logprobs, starts, match.start(1)))
+    return scores[0], scores[1]
