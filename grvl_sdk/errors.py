@@ -4,21 +4,24 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
 
     GRVLError                      code "grvl_error"
     ├── InputError                 code "invalid_input"        bad arguments to check()/format_prompt()
-    │   └── ImageError             code "invalid_image"        unreadable, corrupt or unsupported image
-    │       └── ImageTooLargeError code "image_too_large"      decompression bomb / over the pixel limit
+    │   ├── ImageError             code "invalid_image"        unreadable, corrupt or unsupported image
+    │   │   └── ImageTooLargeError code "image_too_large"      decompression bomb / over the pixel limit
+    │   └── DataError              code "invalid_training_data" a training record is malformed (file, line, field)
     ├── ParseError                 code "unparseable_output"   the guard's output has no usable verdict
     ├── ModelLoadError             code "model_load_failed"    model id/path not found, bad checkpoint
     ├── MissingDependencyError     code "missing_dependency"   an optional extra is not installed
     ├── DeadlineExceededError      code "deadline_exceeded"    no verdict within the policy's deadline
     ├── GuardBlocked               code "guard_blocked"        a wrapped call was blocked (``.verdict``, ``.stage``)
+    ├── TrainingError              code "training_error"       training cannot proceed (no usable samples...)
+    │   └── TrainingConfigError    code "invalid_training_config" a bad R-SFT / synthesis setting
     ├── EvalError                  code "eval_error"           evaluation: unknown benchmark, bad spec, resume mismatch
     │   └── DataFormatError        code "invalid_data"         a benchmark or prediction file cannot be read
     └── BackendError               code "backend_error"        generation failed inside the backend
         └── RemoteBackendError     code "remote_error"         the guard server failed, or answered badly
             └── CircuitOpenError   code "circuit_open"         recent calls failed: the server is not called for a while
 
-``MissingDependencyError`` is also an ``ImportError``; ``InputError`` and ``EvalError`` are also
-``ValueError``.
+``MissingDependencyError`` is also an ``ImportError``; ``InputError``, ``EvalError`` and
+``TrainingConfigError`` are also ``ValueError``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendError",
     "CircuitOpenError",
+    "DataError",
     "DataFormatError",
     "DeadlineExceededError",
     "EvalError",
@@ -43,6 +47,8 @@ __all__ = [
     "ModelLoadError",
     "ParseError",
     "RemoteBackendError",
+    "TrainingConfigError",
+    "TrainingError",
 ]
 
 
@@ -158,3 +164,41 @@ class DataFormatError(EvalError):
     """A benchmark or prediction file cannot be read (not JSON, unknown layout, bad label)."""
 
     code: ClassVar[str] = "invalid_data"
+
+
+class DataError(InputError):
+    """A training record is malformed. ``details`` name the ``file``, ``line`` (1-based, when known) and
+    ``field``; the message starts with ``file:line: field:``."""
+
+    code: ClassVar[str] = "invalid_training_data"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        **details: Any,
+    ) -> None:
+        where = ":".join(str(part) for part in (file, line) if part is not None)
+        prefix = f"{where}: " if where else ""
+        if field:
+            prefix += f"field {field!r}: "
+        super().__init__(prefix + message, file=file, line=line, field=field, **details)
+        self.file = file
+        self.line = line
+        self.field = field
+        self.problem = message
+
+
+class TrainingError(GRVLError):
+    """Training or reasoning synthesis cannot proceed (no usable samples, checkpoint to resume missing...)."""
+
+    code: ClassVar[str] = "training_error"
+
+
+class TrainingConfigError(TrainingError, ValueError):
+    """A bad R-SFT or synthesis setting (unknown key, batch sizes that do not divide, bad method...)."""
+
+    code: ClassVar[str] = "invalid_training_config"

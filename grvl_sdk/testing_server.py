@@ -120,7 +120,9 @@ class _Completer:
             return None
         content = []
         for step, token in enumerate(logprobs.tokens):
-            alternatives = sorted(logprobs.alternatives(step).items(), key=lambda kv: -kv[1])
+            # JSON has no -inf: write vLLM's floor instead.
+            found = {text: max(value, -9999.0) for text, value in logprobs.alternatives(step).items()}
+            alternatives = sorted(found.items(), key=lambda kv: -kv[1])
             chosen = dict(alternatives).get(token, alternatives[0][1] if alternatives else 0.0)
             content.append(
                 {

@@ -209,8 +209,13 @@ class RemoteBackend(Backend):
 
         def alternatives(step: int) -> dict[str, float]:
             entry = entries[step]
-            found = {str(alt["token"]): float(alt["logprob"]) for alt in entry.get("top_logprobs") or ()}
-            found.setdefault(str(entry["token"]), float(entry["logprob"]))
+            found = {
+                str(alt["token"]): float(alt["logprob"])
+                for alt in entry.get("top_logprobs") or ()
+                if alt.get("logprob") is not None  # some servers write -inf as null
+            }
+            if entry.get("logprob") is not None:
+                found.setdefault(str(entry["token"]), float(entry["logprob"]))
             return found
 
         return TokenLogprobs(tokens=tokens, alternatives=alternatives)

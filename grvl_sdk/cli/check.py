@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         return _error(exc.message, EXIT_INPUT, args.json, exc)
     except BackendError as exc:
         return _error(exc.message, EXIT_BACKEND, args.json, exc)
+    if verdict.error is not None and verdict.error.code != "unparseable_output":
+        # The guard could not run (backend, server, deadline): check() reports it as a failed verdict.
+        return _error(verdict.error.message, EXIT_BACKEND, args.json, BackendError(verdict.error.message))
     if args.json:
         print(json.dumps({**verdict.model_dump(mode="json"), "failed": verdict.failed}, ensure_ascii=False))
     else:

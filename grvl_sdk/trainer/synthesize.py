@@ -1,0 +1,432 @@
+"""Reasoning synthesis: ask an OpenAI-compatible teacher for reasoning that reaches the gold labels.
+
+Teams usually have labels and no reasoning. For each sample, the teacher (any text or vision model
+behind ``/v1/chat/completions``: vLLM, SGLang, OpenAI...) is shown the same transcript the guard sees
+(images at the ``<image>`` position) and the correct answers, and asked for step-by-step reasoning in
+the ``<think>…</think><result>…</result>`` format. Each answer is validated: it must parse
+(:func:`grvl_sdk.parsing.parse_output`, closed ``<think>`` and ``<result>``) and its labels must
+agree with the gold ones; otherwise it is asked again, up to ``max_attempts`` times, then dropped and
+counted. HTTP failures (connection errors, 429, 5xx) are retried with back-off; a sample whose
+requests keep failing is left undone (not recorded) and is tried again by the next run.
+
+Output folder::
+
+    records.jsonl   kept samples as GuardReasoner-VLTrain records (messages + images): R-SFT data
+    dropped.jsonl   samples dropped after max_attempts (id, reason, the teacher's last answer)
+    images/         in-memory images (PIL, bytes) saved as PNG for the records
+
+Resuming: samples whose key (``TrainingSample.key()``) is in either file are skipped, so an
+interrupted run continues where it stopped; a torn last line is repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from grvl_sdk._constants import DEFAULT_MAX_PIXELS
+from grvl_sdk.errors import GRVLError, ParseError, TrainingConfigError
+from grvl_sdk.images import encode_data_url, load_image
+from grvl_sdk.parsing import Label, ParsedOutput, parse_output
+from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages
+from grvl_sdk.trainer.data import TrainingSample, sample_to_record
+
+__all__ = ["TEACHER_INSTRUCTION", "SynthesisReport", "synthesize", "teacher_messages", "validate_teacher_answer"]
+
+logger = logging.getLogger("grvl_sdk")
+
+RECORDS_FILE = "records.jsonl"
+DROPPED_FILE = "dropped.jsonl"
+IMAGES_DIR = "images"
+
+#: What the teacher is told, after the guard's own instruction.
+TEACHER_INSTRUCTION = (
+    "You write training data for a safety classifier. Below is an interaction, followed by the correct "
+    "answers. Explain step by step, as the classifier should, how the answers follow from the interaction: "
+    "what the request asks for, what any image shows, what the response does, and why each is harmful or "
+    "unharmful. Do not mention that the answers were given to you. Put the reasoning inside <think> </think>, "
+    "then the answers inside <result> </result> exactly as:\n<result>\nRequest: harmful or unharmful\n"
+    "Response: harmful, unharmful, or None when there is no response\n</result>"
+)
+
+
+@dataclass
+class SynthesisReport:
+    """Counts of a synthesis run. ``failed`` samples hit HTTP errors and stay undone (re-run to retry)."""
+
+    total: int = 0
+    skipped: int = 0
+    kept: int = 0
+    dropped: int = 0
+    failed: int = 0
+    requests: int = 0
+    retried_answers: int = 0
+    http_retries: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    records_path: Path | None = None
+    dropped_path: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every sample is finished (kept or dropped): nothing is left for a re-run."""
+        return self.failed == 0
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items())) or "none"
+        return (
+            f"{self.total} samples: {self.kept} kept, {self.dropped} dropped, {self.failed} failed (retry by "
+            f"re-running), {self.skipped} already done · {self.requests} teacher requests, "
+            f"{self.retried_answers} answers asked again, {self.http_retries} HTTP retries · rejections: {reasons}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompting and validating
+# ----------------------------------------------------------------------------------------------
+def _gold_lines(sample: TrainingSample) -> str:
+    unknown = "(not labelled: decide it yourself)"
+    request = sample.request_label or unknown
+    response = "None" if sample.response is None else sample.response_label or unknown
+    return f"Correct answers:\nRequest: {request}\nResponse: {response}"
+
+
+def teacher_messages(
+    sample: TrainingSample, images: Sequence[Image.Image] = (), *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[dict[str, Any]]:
+    """OpenAI chat messages asking the teacher to explain ``sample``'s gold labels."""
+    urls = [encode_data_url(_shrink(image, max_pixels)) for image in images]
+    guard = build_messages(
+        sample.request,
+        sample.response,
+        num_images=len(urls),
+        image_part=lambda i: {"type": "image_url", "image_url": {"url": urls[i]}},
+    )
+    content: list[dict[str, Any]] = [{"type": "text", "text": "Interaction:\n"}, *guard[1]["content"]]
+    content.append({"type": "text", "text": f"{_gold_lines(sample)}\n\n{TEACHER_INSTRUCTION}"})
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": content},
+    ]
+
+
+def _shrink(image: Image.Image, max_pixels: int) -> Image.Image:
+    if image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC)
+
+
+def validate_teacher_answer(answer: str, sample: TrainingSample) -> tuple[ParsedOutput | None, str | None]:
+    """Check a teacher answer against the sample's gold labels.
+
+    Returns ``(parsed, None)`` when usable, else ``(None, reason)`` with reason ``"malformed"`` (no
+    closed ``<think>`` and ``<result>``, or no label), ``"wrong_request_label"`` or
+    ``"wrong_response_label"``.
+    """
+    try:
+        parsed = parse_output(answer)
+    except ParseError:
+        return None, "malformed"
+    if parsed.source != "result" or not parsed.reasoning:
+        return None, "malformed"
+    if sample.request_label is not None and parsed.request_label != sample.request_label:
+        return None, "wrong_request_label"
+    if sample.response is None:
+        if parsed.response_label is not None:
+            return None, "wrong_response_label"
+    elif parsed.response_label is None:
+        return None, "malformed"
+    elif sample.response_label is not None and parsed.response_label != sample.response_label:
+        return None, "wrong_response_label"
+    return parsed, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Output files
+# ----------------------------------------------------------------------------------------------
+def _repair_and_read(path: Path) -> set[str]:
+    """Ids recorded in a JSONL file; a torn last line (interrupted write) is cut off."""
+    if not path.is_file():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+        data = data[:cut]
+    ids: set[str] = set()
+    for raw in data.decode("utf-8").splitlines():
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            ids.add(value["id"])
+    return ids
+
+
+class _Writer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.records = directory / RECORDS_FILE
+        self.dropped = directory / DROPPED_FILE
+        self.images = directory / IMAGES_DIR
+
+    def _append(self, path: Path, value: dict[str, Any]) -> None:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(value, ensure_ascii=False) + "\n")
+            handle.flush()
+
+    def image_paths(self, sample: TrainingSample, key: str) -> list[str]:
+        paths: list[str] = []
+        for index, image in enumerate(sample.images):
+            if isinstance(image, (str, os.PathLike)):
+                paths.append(str(Path(image).resolve()))
+                continue
+            self.images.mkdir(parents=True, exist_ok=True)
+            name = f"{key}-{index}.png"
+            load_image(image).save(self.images / name, format="PNG")
+            paths.append(f"{IMAGES_DIR}/{name}")
+        return paths
+
+    def keep(self, sample: TrainingSample, key: str, attempts: int) -> None:
+        record = sample_to_record(sample, self.image_paths(sample, key))
+        record["id"] = key
+        record["teacher_attempts"] = attempts
+        if sample.source:
+            record["source"] = sample.source
+        self._append(self.records, record)
+
+    def drop(self, sample: TrainingSample, key: str, reason: str, attempts: int, answer: str | None) -> None:
+        self._append(
+            self.dropped,
+            {"id": key, "reason": reason, "attempts": attempts, "source": sample.source, "last_answer": answer},
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+class _HTTPFailure(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class _Teacher:
+    url: str
+    model: str
+    headers: dict[str, str]
+    temperature: float
+    max_tokens: int
+    max_http_retries: int
+    backoff: float
+    extra_body: dict[str, Any]
+
+    async def ask(self, client: Any, messages: list[dict[str, Any]], report: SynthesisReport) -> str:
+        import httpx
+
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **self.extra_body,
+        }
+        last = "no attempt"
+        for attempt in range(self.max_http_retries + 1):
+            if attempt:
+                report.http_retries += 1
+                await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+            report.requests += 1
+            try:
+                response = await client.post(self.url, json=body, headers=self.headers)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last = f"HTTP {response.status_code}"
+                continue
+            if response.status_code >= 400:
+                raise _HTTPFailure(f"HTTP {response.status_code}: {response.text[:200]}")
+            try:
+                content = response.json()["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return ""  # an answer without text: counted as malformed
+            return content if isinstance(content, str) else ""
+        raise _HTTPFailure(last)
+
+
+async def _run(
+    todo: list[tuple[str, TrainingSample]],
+    writer: _Writer,
+    teacher: _Teacher,
+    report: SynthesisReport,
+    *,
+    concurrency: int,
+    max_attempts: int,
+    timeout: float,
+    max_pixels: int,
+    progress: bool,
+) -> None:
+    import httpx
+
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="synthesizing", unit="sample", file=sys.stderr)
+        except ImportError:
+            bar = None
+    reasons: Counter[str] = Counter()
+    queue: asyncio.Queue[tuple[str, TrainingSample]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+
+    async def one(client: Any, key: str, sample: TrainingSample) -> None:
+        try:
+            images = [load_image(image) for image in sample.images]
+        except GRVLError as exc:
+            reasons["unreadable_image"] += 1
+            writer.drop(sample, key, "unreadable_image", 0, exc.message)
+            report.dropped += 1
+            return
+        messages = teacher_messages(sample, images, max_pixels=max_pixels)
+        answer: str | None = None
+        reason = "malformed"
+        for attempt in range(1, max_attempts + 1):
+            if attempt > 1:
+                report.retried_answers += 1
+            try:
+                answer = await teacher.ask(client, messages, report)
+            except _HTTPFailure as exc:
+                report.failed += 1
+                reasons["http_error"] += 1
+                logger.warning("teacher request failed for %s: %s", sample.source or key, exc.message)
+                return
+            parsed, reason = validate_teacher_answer(answer, sample)  # type: ignore[assignment]
+            if parsed is not None:
+                response_label: Label | None = parsed.response_label if sample.response is not None else None
+                done = sample.with_reasoning(parsed.reasoning or "", parsed.request_label, response_label)
+                writer.keep(done, key, attempt)
+                report.kept += 1
+                return
+            reasons[reason] += 1
+        writer.drop(sample, key, reason, max_attempts, answer)
+        report.dropped += 1
+
+    async def worker(client: Any) -> None:
+        while True:
+            try:
+                key, sample = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                await one(client, key, sample)
+            finally:
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(kept=report.kept, dropped=report.dropped, failed=report.failed)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    try:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            await asyncio.gather(*(worker(client) for _ in range(min(concurrency, len(todo)) or 1)))
+    finally:
+        if bar is not None:
+            bar.close()
+        for key, value in reasons.items():
+            report.reasons[key] = report.reasons.get(key, 0) + value
+
+
+def synthesize(
+    samples: Sequence[TrainingSample],
+    output_dir: str | os.PathLike[str],
+    *,
+    base_url: str,
+    model: str,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    max_attempts: int = 3,
+    max_http_retries: int = 3,
+    backoff: float = 1.0,
+    temperature: float = 0.7,
+    max_tokens: int = 2048,
+    timeout: float = 120.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    retry_dropped: bool = False,
+    progress: bool = True,
+    extra_body: dict[str, Any] | None = None,
+) -> SynthesisReport:
+    """Add teacher reasoning to ``samples``; writes ``records.jsonl`` (R-SFT data) in ``output_dir``.
+
+    ``base_url`` is the teacher's OpenAI-compatible root (e.g. ``http://localhost:8000/v1``);
+    ``api_key`` defaults to ``$OPENAI_API_KEY``. Runs ``concurrency`` requests at once. Samples
+    already in the output are skipped (``retry_dropped=True`` asks again for dropped ones). Samples
+    with no gold label at all are dropped as ``no_gold_label`` without asking.
+    """
+    if concurrency < 1 or max_attempts < 1 or max_http_retries < 0:
+        raise TrainingConfigError("need concurrency >= 1, max_attempts >= 1 and max_http_retries >= 0")
+    if not base_url or not model:
+        raise TrainingConfigError("the teacher needs a base_url and a model name", field="base_url")
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(directory)
+    done = _repair_and_read(writer.records)
+    dropped_before = _repair_and_read(writer.dropped)
+    if not retry_dropped:
+        done |= dropped_before
+    report = SynthesisReport(total=len(samples), records_path=writer.records, dropped_path=writer.dropped)
+    todo: list[tuple[str, TrainingSample]] = []
+    seen: set[str] = set()
+    for sample in samples:
+        key = sample.key()
+        if key in done or key in seen:
+            report.skipped += 1
+            continue
+        seen.add(key)
+        if sample.request_label is None and sample.response_label is None:
+            writer.drop(sample, key, "no_gold_label", 0, None)
+            report.dropped += 1
+            report.reasons["no_gold_label"] = report.reasons.get("no_gold_label", 0) + 1
+            continue
+        todo.append((key, sample))
+    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    teacher = _Teacher(
+        url=base_url.rstrip("/") + "/chat/completions",
+        model=model,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+        temperature=temperature,
+        max_tokens=max_tokens,
+        max_http_retries=max_http_retries,
+        backoff=backoff,
+        extra_body=dict(extra_body or {}),
+    )
+    if todo:
+        asyncio.run(
+            _run(
+                todo,
+                writer,
+                teacher,
+                report,
+                concurrency=concurrency,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                max_pixels=max_pixels,
+                progress=progress,
+            )
+        )
+    return report

@@ -1,0 +1,44 @@
+"""The examples of docs/middleware.md and docs/remote-backend.md run as written."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def _run(name: str, capsys) -> str:
+    blocks = _BLOCK.findall((DOCS / name).read_text(encoding="utf-8"))
+    assert blocks, f"no python examples in {name}"
+    namespace: dict = {"__name__": f"docs_{name}"}
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        for block in blocks:
+            if block.startswith("# Needs a server"):
+                continue
+            exec(compile(block, f"{name} example", "exec"), namespace)
+    finally:
+        root.handlers[:], root.level = handlers, level
+        logging.getLogger("grvl_sdk").setLevel(logging.NOTSET)
+    return capsys.readouterr().out
+
+
+def test_middleware_doc_examples(capsys):
+    out = _run("middleware.md", capsys)
+    assert "request block" in out and "error-blocked backend_error" in out
+    assert "error-allowed deadline_exceeded" in out and "False True 1" in out
+    assert "Counter({'block': 1, 'allow': 1})" in out
+    assert "block\nallow\n" in out
+
+
+def test_remote_doc_examples(capsys):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("transformers")
+    out = _run("remote-backend.md", capsys)
+    assert "remote_error" in out
