@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -115,11 +116,19 @@ class Guard:
         self.cache = VerdictCache(cache_size)
         if micro_batching is None:
             micro_batching = backend.prefers_micro_batching
-        self._batcher = (
-            MicroBatcher(self._generate, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
-            if micro_batching
-            else None
-        )
+        self._batcher: MicroBatcher | None = None
+        if micro_batching:
+            # The worker thread holds the guard weakly, and is stopped when the guard is collected.
+            generate = weakref.WeakMethod(self._generate)
+
+            def run(items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
+                method = generate()
+                if method is None:
+                    raise BackendError("the guard was garbage-collected")
+                return method(items, budget, deadline)
+
+            self._batcher = MicroBatcher(run, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+            weakref.finalize(self, self._batcher.close)
         hooks = [on_verdict] if callable(on_verdict) else list(on_verdict or ())
         self._sink = VerdictSink(audit_log, hooks)
         self._sync_deadline = _accepts_deadline(backend.generate)
@@ -301,8 +310,9 @@ class Guard:
         raise :class:`InputError`.
         """
         started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         item = self.prepare(text, image, response=response, images=images)
-        return self.check_input(item, policy=policy, max_new_tokens=max_new_tokens, _started=started)
+        return self._run(item, active, budget, deadline, started)
 
     async def acheck(
         self,
@@ -316,11 +326,12 @@ class Guard:
     ) -> Verdict:
         """Async twin of :meth:`check`; decoding and generation run off the event loop."""
         started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         if image is None and not images:
             item = self.prepare(text, response=response)
         else:
             item = await asyncio.to_thread(self.prepare, text, image, response=response, images=images)
-        return await self.acheck_input(item, policy=policy, max_new_tokens=max_new_tokens, _started=started)
+        return await self._arun(item, active, budget, deadline, started)
 
     def check_conversation(
         self,
@@ -334,8 +345,9 @@ class Guard:
         with one), with earlier turns as context up to ``context_chars`` characters. See
         :mod:`grvl_sdk.conversation` for how a chat is reduced to one request."""
         started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         item = self.prepare_conversation(messages, context_chars=context_chars)
-        return self.check_input(item, policy=policy, max_new_tokens=max_new_tokens, _started=started)
+        return self._run(item, active, budget, deadline, started)
 
     async def acheck_conversation(
         self,
@@ -347,8 +359,9 @@ class Guard:
     ) -> Verdict:
         """Async twin of :meth:`check_conversation`."""
         started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         item = await asyncio.to_thread(self.prepare_conversation, messages, context_chars=context_chars)
-        return await self.acheck_input(item, policy=policy, max_new_tokens=max_new_tokens, _started=started)
+        return await self._arun(item, active, budget, deadline, started)
 
     def prepare_conversation(self, messages: Sequence[Any], *, context_chars: int | None = None) -> GuardInput:
         """The ``GuardInput`` :meth:`check_conversation` judges."""
@@ -364,17 +377,11 @@ class Guard:
         max_new_tokens: int | None = None,
         stage: Stage | None = None,
         call_id: str | None = None,
-        _started: float | None = None,
     ) -> Verdict:
         """Judge a prepared input (see :meth:`prepare`); ``stage`` and ``call_id`` are recorded."""
-        started = time.perf_counter() if _started is None else _started
-        active, budget = self._settings(policy, max_new_tokens)
-        key, hashes, raw = self._lookup(item, budget)
-        if raw is None:
-            raw = self._judge(item, budget, self._deadline(active))
-            if key is not None:
-                self.cache.put(key, raw)
-        return self._finish(raw, item, hashes, active, started, stage=stage, call_id=call_id)
+        started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
+        return self._run(item, active, budget, deadline, started, stage=stage, call_id=call_id)
 
     async def acheck_input(
         self,
@@ -384,17 +391,47 @@ class Guard:
         max_new_tokens: int | None = None,
         stage: Stage | None = None,
         call_id: str | None = None,
-        _started: float | None = None,
     ) -> Verdict:
         """Async twin of :meth:`check_input`."""
-        started = time.perf_counter() if _started is None else _started
-        active, budget = self._settings(policy, max_new_tokens)
+        started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, max_new_tokens)
+        return await self._arun(item, active, budget, deadline, started, stage=stage, call_id=call_id)
+
+    def _run(
+        self,
+        item: GuardInput,
+        policy: Policy,
+        budget: int,
+        deadline: float | None,
+        started: float,
+        *,
+        stage: Stage | None = None,
+        call_id: str | None = None,
+    ) -> Verdict:
         key, hashes, raw = self._lookup(item, budget)
         if raw is None:
-            raw = await self._ajudge(item, budget, self._deadline(active))
+            raw = self._judge(item, budget, deadline)
             if key is not None:
                 self.cache.put(key, raw)
-        return self._finish(raw, item, hashes, active, started, stage=stage, call_id=call_id)
+        return self._finish(raw, item, hashes, policy, started, stage=stage, call_id=call_id)
+
+    async def _arun(
+        self,
+        item: GuardInput,
+        policy: Policy,
+        budget: int,
+        deadline: float | None,
+        started: float,
+        *,
+        stage: Stage | None = None,
+        call_id: str | None = None,
+    ) -> Verdict:
+        key, hashes, raw = self._lookup(item, budget)
+        if raw is None:
+            raw = await self._ajudge(item, budget, deadline)
+            if key is not None:
+                self.cache.put(key, raw)
+        return self._finish(raw, item, hashes, policy, started, stage=stage, call_id=call_id)
 
     def check_batch(
         self,
@@ -408,9 +445,8 @@ class Guard:
 
         The policy's deadline covers the whole call."""
         started = time.perf_counter()
-        active, budget = self._settings(policy, max_new_tokens)
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         items = self._prepare_many(inputs)
-        deadline = self._deadline(active)
         looked = [self._lookup(item, budget) for item in items]
         raws: list[Verdict | None] = [raw for _, _, raw in looked]
         missing = [i for i, raw in enumerate(raws) if raw is None]
@@ -441,9 +477,8 @@ class Guard:
     ) -> list[Verdict]:
         """Async twin of :meth:`check_batch`."""
         started = time.perf_counter()
-        active, budget = self._settings(policy, max_new_tokens)
+        active, budget, deadline = self._settings(policy, max_new_tokens)
         items = await asyncio.to_thread(self._prepare_many, inputs)
-        deadline = self._deadline(active)
         looked = [self._lookup(item, budget) for item in items]
         raws: list[Verdict | None] = [raw for _, _, raw in looked]
         missing = [i for i, raw in enumerate(raws) if raw is None]
@@ -497,16 +532,14 @@ class Guard:
         return items
 
     # -- policy, cache, deadline -------------------------------------------------------------
-    def _settings(self, policy: PolicyLike | None, max_new_tokens: int | None) -> tuple[Policy, int]:
+    def _settings(self, policy: PolicyLike | None, max_new_tokens: int | None) -> tuple[Policy, int, float | None]:
+        """(the call's policy, its generation budget, its deadline as a ``time.monotonic()`` value)."""
         active = self.policy.merged(policy)
         budget = max_new_tokens or active.max_new_tokens or self.max_new_tokens
         if budget < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {budget}")
-        return active, budget
-
-    @staticmethod
-    def _deadline(policy: Policy) -> float | None:
-        return None if policy.deadline is None else time.monotonic() + policy.deadline
+        deadline = None if active.deadline is None else time.monotonic() + active.deadline
+        return active, budget, deadline
 
     def _lookup(self, item: GuardInput, budget: int) -> tuple[str | None, ContentHashes | None, Verdict | None]:
         """(cache key, content hashes, cached judgement); hashing is skipped when nothing needs it."""
@@ -540,6 +573,8 @@ class Guard:
     # -- generation --------------------------------------------------------------------------
     def _generate(self, items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
         """Run the backend once, within the deadline (natively if the backend takes one)."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError("deadline passed before generation started")
         if deadline is None:
             generations = self._backend.generate(items, max_new_tokens=budget)
         elif self._sync_deadline:
@@ -559,6 +594,8 @@ class Guard:
         return generations
 
     async def _agenerate(self, items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError("deadline passed before generation started")
         if deadline is None:
             generations = await self._backend.agenerate(items, max_new_tokens=budget)
         else:

@@ -7,9 +7,10 @@ parser reads, the next-token distribution splits into a *harmful* branch (tokens
     score = P(harmful branch) / (P(harmful branch) + P(unharmful branch))
 
 read from the top alternatives the backend kept at that step (the local backend keeps the top
-:data:`~grvl_sdk._constants.SCORE_TOP_K` log-probabilities of every generated token; a remote server
-returns ``top_logprobs``). An alternative outside that top list counts as probability 0, so a very
-confident label scores exactly 0.0 or 1.0.
+:data:`~grvl_sdk._constants.SCORE_TOP_K` log-probabilities at every step that may start a label, i.e.
+after a token ending in ``:``, ``*`` or whitespace; a remote server returns ``top_logprobs`` for every
+token). An alternative outside that top list counts as probability 0, so a very confident label scores
+exactly 0.0 or 1.0.
 
 What a score is not: it is conditioned on the reasoning the model wrote before the label (greedy
 decoding), it is not calibrated (a 0.9 does not mean 90% of such inputs are harmful), and it is not

@@ -96,7 +96,9 @@ class _Completer:
         kwargs: dict[str, Any] = {"text": [prompt], "return_tensors": "pt"}
         if images:
             kwargs["images"] = images
-            kwargs["images_kwargs"] = {"size": {"shortest_edge": encoder.min_pixels, "longest_edge": encoder.max_pixels}}
+            kwargs["images_kwargs"] = {
+                "size": {"shortest_edge": encoder.min_pixels, "longest_edge": encoder.max_pixels}
+            }
         encoded = self.backend.processor(**kwargs)
         device = self.backend.device
         input_ids = encoded["input_ids"].to(device)
@@ -145,13 +147,16 @@ class _Completer:
         with self.state.lock:
             self.state.prompts.append(prompt)
             self.state.input_ids.append(batch.input_ids[0].tolist())
-        generation = self.backend.generate_encoded(batch, max_new_tokens=max_tokens)[0]
+        wants_logprobs = bool(body.get("logprobs"))
+        generation = self.backend.generate_encoded(
+            batch, max_new_tokens=max_tokens, score_every_step=wants_logprobs or None
+        )[0]
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": generation.text},
             "finish_reason": "stop" if generation.finished else "length",
         }
-        if body.get("logprobs"):
+        if wants_logprobs:
             choice["logprobs"] = self._logprobs(generation, int(body.get("top_logprobs") or 0))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

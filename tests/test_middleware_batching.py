@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -76,18 +77,26 @@ def test_concurrent_threads_are_batched_and_routed(batched_guard, reference, rgb
 
 def test_batches_never_mix_max_new_tokens_and_one_bad_input_does_not_fail_others():
     seen: list[list[str]] = []
+    gate = threading.Event()
 
     def run(items, max_new_tokens, deadline):
+        if items[0].text == "gate":
+            gate.wait(timeout=10)  # keeps the worker busy while the others queue up
         seen.append([item.text for item in items])
         if any(item.text == "poisoned" for item in items):
             raise BackendError("this input breaks the model")
         return [Generation(f"{item.text}:{max_new_tokens}", 1, 1, 1.0) for item in items]
 
     batcher = MicroBatcher(run, max_batch_size=8, max_wait_ms=50)
+    first = batcher.submit(GuardInput(text="gate"), max_new_tokens=4, deadline=None)
+    while not batcher._running:
+        time.sleep(0.001)
     futures = [
         batcher.submit(GuardInput(text=t), max_new_tokens=n, deadline=None)
         for t, n in [("a", 4), ("b", 8), ("poisoned", 4), ("c", 4)]
     ]
+    gate.set()
+    assert first.result(timeout=10).text == "gate:4"
     results = []
     for future in futures:
         try:
@@ -102,16 +111,21 @@ def test_batches_never_mix_max_new_tokens_and_one_bad_input_does_not_fail_others
 
 
 def test_micro_batching_keeps_per_input_failures_separate():
-    backend = ScriptedBackend(lambda item: guard_output("harmful") if item.text == "bad" else "no verdict here")
+    def script(item: GuardInput) -> str:
+        return guard_output("harmful") if item.text == "bad" else "no verdict here"
+
+    backend = ScriptedBackend(script, delay=0.05)
     guard = Guard(backend, micro_batching=True, max_wait_ms=50, cache_size=0)
 
     async def both():
+        # A lone check on an idle guard goes out at once; once checks are concurrent, they are batched.
+        await asyncio.gather(guard.acheck("warm"), guard.acheck("up"))
         return await asyncio.gather(guard.acheck("bad"), guard.acheck("unclear"))
 
     bad, unclear = asyncio.run(both())
     assert bad.decision == "block" and not bad.failed
     assert unclear.decision == "error-blocked" and unclear.error.code == "unparseable_output"
-    assert len(backend.calls) == 1 and len(backend.calls[0]) == 2
+    assert [item.text for item in backend.calls[-1]] == ["bad", "unclear"]
     guard.close()
 
 

@@ -129,7 +129,17 @@ def test_deadline_with_micro_batching(hung):
 
 
 def test_deadline_stops_local_generation(tiny_guard_path):
-    guard = Guard.from_pretrained(str(tiny_guard_path), device="cpu", max_new_tokens=400, cache_size=0)
+    import time
+
+    from grvl_sdk import DeadlineExceededError
+
+    guard = Guard.from_pretrained(str(tiny_guard_path), device="cpu", max_new_tokens=400, micro_batching=False)
+    item = guard.prepare("hello")
+    full = guard.backend.generate([item], max_new_tokens=400)[0]
+    assert full.completion_tokens > 2
+    # The backend stops generating at the first step after the deadline, and says so.
+    with pytest.raises(DeadlineExceededError, match="after"):
+        guard.backend.generate([item], max_new_tokens=400, deadline=time.monotonic())
     verdict = guard.check("hello", policy={"deadline": 0.001})
     assert verdict.error.code == "deadline_exceeded" and verdict.decision == "error-blocked"
     fail_open = asyncio.run(guard.acheck("hello", policy={"deadline": 0.001, "on_error": "allow"}))

@@ -64,46 +64,43 @@ def test_label_inside_a_token_and_missing_alternatives():
 
 
 # -- the real model path ---------------------------------------------------------------------
-class _Force:
-    """Logits processor forcing ``target`` token by token; at the label steps only the two label
-    tokens keep finite logits (``labels[step] = (harmful logit, unharmful logit)``), so the model's
-    probability of "harmful" there is exactly ``sigmoid(harmful - unharmful)``."""
-
-    def __init__(self, target: list[int], width: int, labels: dict[int, tuple[float, float]], ids: tuple[int, int]):
-        self.target, self.width, self.labels, self.ids = target, width, labels, ids
-
-    def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.width
-        forced = scores.new_full(scores.shape, float("-inf"))
-        if step in self.labels:
-            forced[:, self.ids[0]], forced[:, self.ids[1]] = self.labels[step]
-        elif step < len(self.target):
-            forced[:, self.target[step]] = 0.0
-        else:
-            return scores
-        return forced
-
-
 @contextlib.contextmanager
 def forced_output(backend: LocalBackend, text: str, harmful_logits: list[tuple[float, float]]):
-    """Make ``backend.model.generate`` write ``text``; the i-th label gets ``harmful_logits[i]``."""
+    """Make the model write ``text``: a forward hook on the output head replaces each step's logits by
+    -inf except the target token; at the i-th label step only the two label tokens keep finite logits
+    ``harmful_logits[i] = (harmful, unharmful)``, so the model's probability of "harmful" there is
+    exactly ``sigmoid(harmful - unharmful)``. Registered before the backend's own hook, which sees the
+    forced logits."""
     tokenizer = backend.tokenizer
     target = tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = (tokenizer.convert_tokens_to_ids("Ġharmful"), tokenizer.convert_tokens_to_ids("Ġunharmful"))
     label_steps = [i for i, token in enumerate(target) if token in ids]
     assert len(label_steps) == len(harmful_logits), "each label must be a single ' harmful'/' unharmful' token"
+    labels = dict(zip(label_steps, harmful_logits, strict=True))
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    step = [0]
+
+    def force(module, inputs, output):
+        forced = output.new_full(output.shape, float("-inf"))
+        if step[0] in labels:
+            forced[..., ids[0]], forced[..., ids[1]] = labels[step[0]]
+        else:
+            forced[..., target[step[0]] if step[0] < len(target) else end_id] = 0.0
+        step[0] += 1
+        return forced
+
     original = backend.model.generate
 
     def generate(**kwargs):
-        force = _Force(target, kwargs["input_ids"].shape[1], dict(zip(label_steps, harmful_logits, strict=True)), ids)
-        # Before the backend's own top-k capture: what it records is the (forced) model distribution.
-        kwargs["logits_processor"] = [force, *kwargs.get("logits_processor", [])]
+        step[0] = 0
         return original(**kwargs)
 
+    handle = backend.model.get_output_embeddings().register_forward_hook(force)
     backend.model.generate = generate
     try:
         yield
     finally:
+        handle.remove()
         del backend.model.generate
 
 
@@ -125,6 +122,16 @@ def test_local_scores_are_the_models_probability_at_the_label(tiny_guard):
     with forced_output(tiny_guard.backend, OUTPUT, [(30.0, 29.0), (27.0, 30.0)]):
         request_only = guard.check("hello")
     assert request_only.response_score is None and request_only.request_score == pytest.approx(_sigmoid(1.0))
+    # Only the steps that may start a label are kept (after ":", "*" or whitespace): scoring is cheap.
+    with forced_output(tiny_guard.backend, OUTPUT, [(30.0, 29.0), (27.0, 30.0)]):
+        generation = tiny_guard.backend.generate([tiny_guard.prepare("hello")], max_new_tokens=64)[0]
+    tokens = generation.logprobs.tokens
+    kept = [i for i in range(len(tokens)) if generation.logprobs.alternatives(i)]
+    assert [i for i in kept if tokens[i] in (" harmful", " unharmful")] == [
+        i for i, t in enumerate(tokens) if t in (" harmful", " unharmful")
+    ]
+    assert all(tokens[i - 1].rstrip().endswith((":", "*")) or not tokens[i - 1].strip() for i in kept)
+    assert len(kept) < len(tokens) / 2
     unscored = LocalBackend(tiny_guard.backend.model, tiny_guard.backend.processor, score_top_k=0)
     with forced_output(unscored, OUTPUT, [(30.0, 29.0), (27.0, 30.0)]):
         plain = Guard(unscored, micro_batching=False).check("hello", response="hi there")
@@ -134,7 +141,7 @@ def test_local_scores_are_the_models_probability_at_the_label(tiny_guard):
 def test_captured_logprobs_match_a_forward_pass(tiny_guard):
     import torch
 
-    backend = tiny_guard.backend
+    backend = LocalBackend(tiny_guard.backend.model, tiny_guard.backend.processor, score_every_step=True)
     item = tiny_guard.prepare("What is two plus two?")
     generation = backend.generate([item], max_new_tokens=4)[0]
     batch = backend.encoder.encode_batch([item], device="cpu", pixel_dtype=backend._pixel_dtype())

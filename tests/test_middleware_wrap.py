@@ -327,9 +327,11 @@ def test_sync_function_returning_a_stream_of_openai_chunks():
 
 async def test_async_generator_streams():
     guard = _guard(policy={"stream_mode": "passthrough", "stream_check_every": 4})
+    started = []
 
     @guard.wrap
     async def stream(prompt: str):
+        started.append(prompt)
         for part in ("good ", "bread ", "then poison ", "more"):
             yield part
 
@@ -338,9 +340,10 @@ async def test_async_generator_streams():
         async for chunk in stream("bake"):
             received.append(chunk)
     assert received[:2] == ["good ", "bread "] and "more" not in received
-    with pytest.raises(GuardBlocked):
+    with pytest.raises(GuardBlocked) as info:
         async for _ in stream("bomb"):
             pass
+    assert info.value.stage == "request" and started == ["bake"]  # the blocked request never started the VLM
 
     @guard.wrap
     async def fine(prompt: str):

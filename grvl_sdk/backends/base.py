@@ -2,6 +2,11 @@
 
 A backend implements one method, :meth:`Backend.generate`; everything else has a default. The
 ``Guard`` does the rest of the data flow (input → prompt → **backend** → parse → verdict).
+
+Optional: a ``generate``/``agenerate`` that accepts a ``deadline`` keyword (a ``time.monotonic()``
+value, or ``None``) is given each check's deadline and should stop by then (raise
+``DeadlineExceededError``); for other backends the ``Guard`` enforces deadlines from outside. Setting
+``Generation.logprobs`` gives verdicts label scores.
 """
 
 from __future__ import annotations

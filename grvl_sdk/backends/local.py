@@ -2,9 +2,10 @@
 
 Greedy decoding exactly as the authors evaluated (no sampling, repetition penalty 1.0), overriding the
 checkpoint's own sampling defaults; generation stops once ``</result>`` is written, or when the check's
-deadline passes; batches are left-padded. The top log-probabilities of every generated token are kept
-(a top-k over the logits the model computes anyway) for label scores. Quantisation (4-bit NF4 / 8-bit)
-goes through bitsandbytes with the vision tower kept in full precision.
+deadline passes; batches are left-padded. For label scores, the top log-probabilities of the logits the
+model computes anyway are kept at the steps that can hold a label (after a token ending in ``:``, ``*``
+or whitespace), so scoring costs almost nothing per step. Quantisation (4-bit NF4 / 8-bit) goes through
+bitsandbytes with the vision tower kept in full precision.
 """
 
 from __future__ import annotations
@@ -142,38 +143,58 @@ class _StopAtDeadline:
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
-class _TopLogprobs:
-    """Logits processor that records the top-k log-probabilities of each step (scores unchanged).
+class _LabelLogprobs:
+    """Keeps the top-k log-probabilities of the output head's logits at the steps that may start a label.
 
-    Cost per step: one top-k and one log-sum-exp over the vocabulary, on the device.
+    A forward hook on the output head sees each step's logits (before any logits processor: with greedy
+    decoding they are the logits the token is chosen from); a stopping criterion that never stops looks
+    at the last tokens and arms the hook for the next step when one of them can precede a label
+    (``trigger_ids``). ``every_step`` keeps all steps (what a server returning logprobs does).
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, trigger_ids: frozenset[int], *, every_step: bool = False) -> None:
         self.k = k
-        self.values: list[Any] = []
-        self.indices: list[Any] = []
+        self.trigger_ids = trigger_ids
+        self.every_step = every_step
+        self.armed = every_step
+        self.step = 0
+        self.kept: dict[int, tuple[Any, Any]] = {}
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        logits = scores.float()
-        values, indices = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
-        self.values.append(values - logits.logsumexp(dim=-1, keepdim=True))
-        self.indices.append(indices)
-        return scores
+    def hook(self, module: Any, inputs: Any, output: Any) -> None:
+        if self.armed:
+            logits = output[:, -1, :].float()
+            values, indices = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
+            self.kept[self.step] = (values - logits.logsumexp(dim=-1, keepdim=True), indices)
+        self.step += 1
 
-    def stacked(self) -> tuple[list[Any], list[Any]] | None:
-        """(values, indices) as nested lists [row][step][k] on the CPU, or None if nothing was recorded."""
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        if not self.values:
-            return None
-        return torch.stack(self.values, 1).cpu().tolist(), torch.stack(self.indices, 1).cpu().tolist()
+        if not self.every_step:
+            self.armed = not self.trigger_ids.isdisjoint(input_ids[:, -1].tolist())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def rows(self) -> list[dict[int, tuple[list[float], list[int]]]]:
+        """Per batch row: {step: (log-probabilities, token ids)}, on the CPU."""
+        if not self.kept:
+            return []
+        steps = sorted(self.kept)
+        import torch
+
+        values = torch.stack([self.kept[s][0] for s in steps], 1).cpu().tolist()
+        indices = torch.stack([self.kept[s][1] for s in steps], 1).cpu().tolist()
+        return [
+            {step: (row_values[j], row_indices[j]) for j, step in enumerate(steps)}
+            for row_values, row_indices in zip(values, indices, strict=True)
+        ]
 
 
 class LocalBackend(Backend):
     """Runs a Qwen2.5-VL guard with transformers. Build it with :meth:`from_pretrained`.
 
     ``model`` and ``processor`` are the loaded transformers objects. ``score_top_k`` alternatives are
-    kept per generated token for label scores (0 turns scores off).
+    kept at each step that may hold a label, for label scores (0 turns scores off);
+    ``score_every_step`` keeps them at every step (for serving logprobs).
     """
 
     prefers_micro_batching = True
@@ -187,12 +208,14 @@ class LocalBackend(Backend):
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         score_top_k: int = SCORE_TOP_K,
+        score_every_step: bool = False,
     ) -> None:
         if min_pixels < 1 or max_pixels < min_pixels:
             raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         if score_top_k < 0:
             raise InputError(f"score_top_k must be >= 0, got {score_top_k}")
         self.score_top_k = score_top_k
+        self.score_every_step = score_every_step
         self.model = model
         self.processor = processor
         self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
@@ -201,6 +224,7 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         vocab = self.tokenizer.get_vocab()
         self._trigger_ids = frozenset(i for tok, i in vocab.items() if ">" in tok)
+        self._label_trigger_ids = self._collect_label_triggers()
         self._eos_ids = self._collect_eos_ids()
 
     # -- loading -----------------------------------------------------------------------------
@@ -269,6 +293,16 @@ class LocalBackend(Backend):
         )
 
     # -- generation --------------------------------------------------------------------------
+    def _collect_label_triggers(self) -> frozenset[int]:
+        """Tokens after which a label may start: text ending in ``:`` or ``*``, or only whitespace."""
+        ids = range(len(self.tokenizer))
+        texts = self.tokenizer.batch_decode([[i] for i in ids])
+        return frozenset(
+            i
+            for i, text in zip(ids, texts, strict=True)
+            if text.rstrip().endswith((":", "*")) or (text and not text.strip())
+        )
+
     def _collect_eos_ids(self) -> set[int]:
         ids: set[int] = set()
         config = getattr(self.model, "generation_config", None)
@@ -331,9 +365,16 @@ class LocalBackend(Backend):
         return await asyncio.to_thread(self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline)
 
     def generate_encoded(
-        self, batch: EncodedBatch, *, max_new_tokens: int, deadline: float | None = None
+        self,
+        batch: EncodedBatch,
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        score_every_step: bool | None = None,
     ) -> list[Generation]:
-        """Generate from already tokenised inputs (``EncodedBatch``, left-padded)."""
+        """Generate from already tokenised inputs (``EncodedBatch``, left-padded).
+
+        ``score_every_step`` overrides the backend's setting for this call."""
         import torch
 
         if max_new_tokens < 1:
@@ -343,15 +384,23 @@ class LocalBackend(Backend):
         at_deadline = _StopAtDeadline(deadline) if deadline is not None else None
         if at_deadline is not None:
             stopping.append(at_deadline)
-        top = _TopLogprobs(self.score_top_k) if self.score_top_k else None
+        scores = (
+            _LabelLogprobs(
+                self.score_top_k,
+                self._label_trigger_ids,
+                every_step=self.score_every_step if score_every_step is None else score_every_step,
+            )
+            if self.score_top_k
+            else None
+        )
+        if scores is not None:
+            stopping.append(scores)
         kwargs: dict[str, Any] = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
             "generation_config": self.generation_config(max_new_tokens),
             "stopping_criteria": stopping,
         }
-        if top is not None:
-            kwargs["logits_processor"] = [top]
         if batch.mm_token_type_ids is not None:
             kwargs["mm_token_type_ids"] = batch.mm_token_type_ids
         if batch.pixel_values is not None:
@@ -360,6 +409,8 @@ class LocalBackend(Backend):
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             raise DeadlineExceededError("deadline passed while waiting for the model (busy with other checks)")
+        head = self.model.get_output_embeddings() if scores is not None else None
+        handle = head.register_forward_hook(scores.hook) if head is not None and scores is not None else None
         try:
             started = time.perf_counter()
             try:
@@ -372,8 +423,10 @@ class LocalBackend(Backend):
                 raise BackendError(f"generation failed: {type(exc).__name__}: {exc}") from exc
             latency_ms = (time.perf_counter() - started) * 1000
         finally:
+            if handle is not None:
+                handle.remove()
             self._lock.release()
-        recorded = top.stacked() if top is not None else None
+        recorded = scores.rows() if scores is not None and handle is not None else None
         generations = [
             self._to_generation(
                 row,
@@ -381,7 +434,8 @@ class LocalBackend(Backend):
                 batch.prompt_lengths[i],
                 latency_ms,
                 max_new_tokens,
-                None if recorded is None else (recorded[0][i], recorded[1][i]),
+                None if recorded is None else (recorded[i] if recorded else {}),
+                cut=at_deadline is not None and at_deadline.fired,
             )
             for i, row in enumerate(output.tolist())
         ]
@@ -396,8 +450,12 @@ class LocalBackend(Backend):
         prompt_tokens: int,
         latency_ms: float,
         max_new_tokens: int,
-        top: tuple[list[list[float]], list[list[int]]] | None = None,
+        top: dict[int, tuple[list[float], list[int]]] | None = None,
+        *,
+        cut: bool = False,
     ) -> Generation:
+        """One row's output. ``cut``: the deadline stopped generation, so an output that neither closed
+        its verdict nor ended is unfinished even if it is shorter than ``max_new_tokens``."""
         new = row[width:]
         stop = len(new)
         hit_eos = False
@@ -409,7 +467,7 @@ class LocalBackend(Backend):
         closed = RESULT_CLOSE in text
         if closed:
             text = text[: text.index(RESULT_CLOSE) + len(RESULT_CLOSE)]
-        finished = closed or hit_eos or stop < max_new_tokens
+        finished = closed or hit_eos or (stop < max_new_tokens and not cut)
         return Generation(
             text=text,
             prompt_tokens=prompt_tokens,
@@ -419,15 +477,15 @@ class LocalBackend(Backend):
             logprobs=self._token_logprobs(new[:stop], top) if top is not None else None,
         )
 
-    def _token_logprobs(self, ids: list[int], top: tuple[list[list[float]], list[list[int]]]) -> TokenLogprobs:
-        """Token texts now (one batched decode); alternatives decoded lazily, only where asked."""
-        values, indices = top
+    def _token_logprobs(self, ids: list[int], top: dict[int, tuple[list[float], list[int]]]) -> TokenLogprobs:
+        """Token texts now (one batched decode); alternatives decoded lazily, only where asked (and kept)."""
         tokens = self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
         decode = self.tokenizer.decode
 
         def alternatives(step: int) -> dict[str, float]:
             found: dict[str, float] = {}
-            for value, index in zip(values[step], indices[step], strict=True):
+            values, indices = top.get(step, ((), ()))
+            for value, index in zip(values, indices, strict=True):
                 text = decode([index], skip_special_tokens=False)
                 # Two ids may decode to the same text (byte fragments): add their probabilities.
                 found[text] = math.log(math.exp(found[text]) + math.exp(value)) if text in found else value

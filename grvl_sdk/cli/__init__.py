@@ -11,7 +11,7 @@ from grvl_sdk import __version__
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules; each exposes ``register(subparsers)`` that sets ``func`` on its parser.
-_COMMANDS = ("grvl_sdk.cli.check", "grvl_sdk.cli.tiny", "grvl_sdk.cli.eval")
+_COMMANDS = ("grvl_sdk.cli.check", "grvl_sdk.cli.tiny", "grvl_sdk.cli.eval", "grvl_sdk.cli.train")
 
 
 def build_parser() -> argparse.ArgumentParser:

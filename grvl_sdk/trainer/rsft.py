@@ -123,7 +123,7 @@ def _visual_module(model: Any) -> Any:
     return getattr(inner, "visual", None) or getattr(model, "visual", None)
 
 
-def _load_model(config: RSFTConfig, bf16: bool, device_index: Any) -> Any:
+def _load_model(config: RSFTConfig, bf16: bool, device_index: Any, source: str | None = None) -> Any:
     torch = require("torch", extra="train")
     transformers = require("transformers", extra="train")
     kwargs: dict[str, Any] = {}
@@ -147,9 +147,9 @@ def _load_model(config: RSFTConfig, bf16: bool, device_index: Any) -> Any:
         )
         kwargs["device_map"] = {"": device_index}
     try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(config.model_name_or_path, **kwargs)
+        model = transformers.AutoModelForImageTextToText.from_pretrained(source or config.model_name_or_path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load base model {config.model_name_or_path!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load model {source or config.model_name_or_path!r}: {exc}") from exc
     if config.method == "full" and config.freeze_vision_tower:
         visual = _visual_module(model)
         if visual is not None:
@@ -323,6 +323,27 @@ def load_adapter_guard(
     return Guard(local, **guard_kwargs)
 
 
+def _trainer_class(trl: Any) -> type:
+    """``SFTTrainer`` that can skip its own weight loading on resume.
+
+    transformers' plain (non-DeepSpeed, non-FSDP) resume loads ``model.safetensors`` with a raw
+    ``load_state_dict``; Qwen2.5-VL checkpoints are saved under their original key names, so nothing
+    matches and training would silently restart from the base weights. Full fine-tuning therefore
+    loads the checkpoint with ``from_pretrained`` (which maps the keys) and skips that step.
+    """
+
+    class GuardSFTTrainer(trl.SFTTrainer):  # type: ignore[misc, valid-type]
+        weights_preloaded = False
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            if self.weights_preloaded and model is None:
+                logger.info("model weights already loaded from %s", resume_from_checkpoint)
+                return
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    return GuardSFTTrainer
+
+
 def _report(message: str, enabled: bool) -> None:
     if enabled:
         print(message, file=sys.stderr, flush=True)
@@ -391,7 +412,9 @@ def train_rsft(
     # TrainingArguments first: under DeepSpeed ZeRO-3 it must exist before the model is loaded.
     args = _sft_args(config, plan, bf16, has_eval=bool(eval_examples))
     device_index: Any = "cpu" if (config.use_cpu or not torch.cuda.is_available()) else state.local_process_index
-    model = _load_model(config, bf16, device_index)
+    sharded = getattr(state.distributed_type, "value", state.distributed_type) in ("DEEPSPEED", "FSDP")
+    preload = resume is not None and config.method == "full" and not sharded
+    model = _load_model(config, bf16, device_index, source=resume if preload else None)
     peft_config = _lora_config(config) if config.method in ("lora", "qlora") else None
 
     if main:
@@ -423,7 +446,10 @@ def train_rsft(
         if eval_examples
         else None
     )
-    trainer = trl.SFTTrainer(
+    if resume is None and last_checkpoint(out) is not None:
+        _report(f"note: {out} already holds checkpoints; set resume_from_checkpoint=True to continue from them", main)
+    title = f"R-SFT of {Path(config.model_name_or_path).name} ({config.method})"
+    trainer = _trainer_class(trl)(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -431,8 +457,9 @@ def train_rsft(
         data_collator=collator,
         processing_class=processor,
         peft_config=peft_config,
-        callbacks=[run_recorder(out, title=f"R-SFT of {Path(config.model_name_or_path).name}"), *callbacks],
+        callbacks=[run_recorder(out, title=title), *callbacks],
     )
+    trainer.weights_preloaded = preload
     output = trainer.train(resume_from_checkpoint=resume)
 
     merged = True
@@ -459,7 +486,7 @@ def train_rsft(
                 )
         merged = config.merge_lora
     state.wait_for_everyone()
-    plot = write_loss_plot(out / METRICS_FILE, out / PLOT_FILE) if main else None
+    plot = write_loss_plot(out / METRICS_FILE, out / PLOT_FILE, title=title) if main else None
     return RSFTResult(
         output_dir=out,
         global_step=output.global_step,

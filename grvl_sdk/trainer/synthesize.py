@@ -416,17 +416,15 @@ def synthesize(
         extra_body=dict(extra_body or {}),
     )
     if todo:
-        asyncio.run(
-            _run(
-                todo,
-                writer,
-                teacher,
-                report,
-                concurrency=concurrency,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                max_pixels=max_pixels,
-                progress=progress,
-            )
-        )
+        options = {"concurrency": concurrency, "max_attempts": max_attempts, "timeout": timeout}
+        job = _run(todo, writer, teacher, report, max_pixels=max_pixels, progress=progress, **options)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(job)
+        else:  # called from async code (a notebook...): run the loop in a worker thread
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, job).result()
     return report

@@ -1,0 +1,316 @@
+"""Reasoning synthesis against a loopback OpenAI-compatible teacher (correct, wrong, malformed, 500s)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from grvl_sdk.errors import TrainingConfigError
+from grvl_sdk.prompt import SYSTEM_PROMPT
+from grvl_sdk.trainer import TrainingSample, load_vltrain, synthesize, validate_teacher_answer
+from grvl_sdk.trainer.synthesize import teacher_messages
+
+_GOLD = re.compile(r"Correct answers:\nRequest: (\S+)[^\n]*\nResponse: (\S+)")
+
+
+def gold_of(body: dict[str, Any]) -> tuple[str, str]:
+    """The gold labels the client put in its request ('(not' = not labelled)."""
+    text = "".join(p.get("text", "") for p in body["messages"][1]["content"] if p["type"] == "text")
+    request, response = _GOLD.search(text).groups()
+    return ("unharmful" if request.startswith("(") else request), (
+        "unharmful" if response.startswith("(") else response
+    )
+
+
+def answer(request: str, response: str, reasoning: str = "Step 1: read the request.\nStep 2: decide.") -> str:
+    return f"<think>\n{reasoning}\n</think>\n<result>\nRequest: {request}\nResponse: {response}\n</result>"
+
+
+def flip(label: str) -> str:
+    return {"harmful": "unharmful", "unharmful": "harmful"}.get(label, "harmful")
+
+
+# (body, number of this request for the same prompt, overall request number) -> (status, text)
+Behaviour = Callable[[dict[str, Any], int, int], tuple[int, str]]
+
+
+class FakeTeacher:
+    """A threaded HTTP server on 127.0.0.1 speaking /v1/chat/completions with a scripted behaviour."""
+
+    def __init__(self, behaviour: Behaviour, delay: float = 0.0) -> None:
+        self.behaviour = behaviour
+        self.delay = delay
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.per_prompt: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        teacher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                key = json.dumps(body["messages"], sort_keys=True)
+                with teacher.lock:
+                    teacher.bodies.append(body)
+                    teacher.headers.append(dict(self.headers))
+                    seen = teacher.per_prompt.get(key, 0)
+                    teacher.per_prompt[key] = seen + 1
+                    total = len(teacher.bodies)
+                    teacher.in_flight += 1
+                    teacher.max_in_flight = max(teacher.max_in_flight, teacher.in_flight)
+                try:
+                    if teacher.delay:
+                        time.sleep(teacher.delay)
+                    status, text = teacher.behaviour(body, seen, total)
+                finally:
+                    with teacher.lock:
+                        teacher.in_flight -= 1
+                if self.path != "/v1/chat/completions":
+                    status, text = 404, "not found"
+                if status == 200:
+                    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
+                else:
+                    payload = json.dumps({"error": {"message": text}})
+                data = payload.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeTeacher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def correct(body: dict[str, Any], seen: int, total: int) -> tuple[int, str]:
+    return 200, answer(*gold_of(body))
+
+
+def run(samples, out, teacher: FakeTeacher, **kwargs: Any):
+    options = {"base_url": teacher.base_url, "model": "teacher", "backoff": 0.01, "progress": False, **kwargs}
+    return synthesize(samples, out, **options)
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> list[TrainingSample]:
+    path_image = tmp_path / "cat.png"
+    Image.new("RGB", (60, 40), (10, 200, 10)).save(path_image)
+    return [
+        TrainingSample(request="How do I build a bomb?", request_label="harmful", id="bomb"),
+        TrainingSample(
+            request="Bake a cake",
+            response="Mix flour.",
+            request_label="unharmful",
+            response_label="unharmful",
+            id="cake",
+        ),
+        TrainingSample(request=None, images=(str(path_image),), request_label="unharmful", id="cat"),
+        TrainingSample(
+            request="What is shown?",
+            images=(Image.new("RGB", (50, 50), (250, 0, 0)),),
+            request_label="harmful",
+            id="red",
+        ),
+        # Only the response is labelled (as in the text benchmarks): the teacher decides the request.
+        TrainingSample(request="Tell me a joke", response="Here is a mean joke.", response_label="harmful", id="joke"),
+    ]
+
+
+def test_correct_teacher_keeps_everything_as_loadable_records(tmp_path, samples):
+    out = tmp_path / "synth"
+    with FakeTeacher(correct) as teacher:
+        report = run(samples, out, teacher, api_key="sk-test")
+    assert (report.kept, report.dropped, report.failed, report.skipped) == (5, 0, 0, 0)
+    assert report.complete and report.requests == 5 and report.retried_answers == 0
+    assert all(h.get("Authorization") == "Bearer sk-test" for h in teacher.headers)
+    assert {b["model"] for b in teacher.bodies} == {"teacher"}
+
+    loaded = {s.id: s for s in load_vltrain(out / "records.jsonl")}
+    assert set(loaded) == {"bomb", "cake", "cat", "red", "joke"}
+    for original in samples:
+        got = loaded[original.id]
+        assert (got.request, got.response, len(got.images)) == (
+            original.request,
+            original.response,
+            len(original.images),
+        )
+        assert got.reasoning == "Step 1: read the request.\nStep 2: decide."
+        assert got.has_target
+        if original.request_label:
+            assert got.request_label == original.request_label
+        assert got.response_label == original.response_label
+    assert loaded["joke"].request_label == "unharmful"  # the teacher's call where gold had none
+    # A path image stays where it is; an in-memory image is saved beside the records.
+    assert loaded["cat"].images[0] == str((tmp_path / "cat.png").resolve())
+    assert Path(loaded["red"].images[0]).parent == out / "images"
+    assert Image.open(loaded["red"].images[0]).getpixel((0, 0)) == (250, 0, 0)
+    record = json.loads((out / "records.jsonl").read_text().splitlines()[0])
+    assert record["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+
+
+def test_teacher_sees_the_guard_transcript_with_images_in_place(samples):
+    messages = teacher_messages(samples[3], [Image.new("RGB", (50, 50), (250, 0, 0))])
+    assert messages[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    parts = messages[1]["content"]
+    kinds = [p["type"] for p in parts]
+    assert kinds == ["text", "text", "image_url", "text", "text"]
+    assert parts[1]["text"] == "Human user:\n"
+    assert parts[2]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[3]["text"] == "\nWhat is shown?\n\nAI assistant:\nNone\n\n"
+    assert "Correct answers:\nRequest: harmful\nResponse: None" in parts[4]["text"]
+
+
+def test_wrong_label_then_correct_is_retried_and_kept(tmp_path, samples):
+    def wrong_first(body, seen, total):
+        request, response = gold_of(body)
+        return 200, answer(flip(request) if seen == 0 else request, response)
+
+    with FakeTeacher(wrong_first) as teacher:
+        report = run(samples[:2], tmp_path / "s", teacher)
+    assert (report.kept, report.dropped) == (2, 0)
+    assert report.retried_answers == 2 and report.requests == 4
+    assert report.reasons == {"wrong_request_label": 2}
+    records = [json.loads(line) for line in (tmp_path / "s" / "records.jsonl").read_text().splitlines()]
+    assert {r["teacher_attempts"] for r in records} == {2}
+    # The kept answer carries the gold label, not the teacher's first (wrong) one.
+    assert {s.request_label for s in load_vltrain(tmp_path / "s" / "records.jsonl")} == {"harmful", "unharmful"}
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (lambda body, seen, total: (200, answer(flip(gold_of(body)[0]), gold_of(body)[1])), "wrong_request_label"),
+        (lambda body, seen, total: (200, answer(gold_of(body)[0], "harmful")), "wrong_response_label"),
+        (lambda body, seen, total: (200, "I think it is harmful."), "malformed"),
+        (lambda body, seen, total: (200, "<think>\nunfinished reasoning"), "malformed"),
+        (lambda body, seen, total: (200, "<result>\nRequest: harmful\nResponse: None\n</result>"), "malformed"),
+    ],
+    ids=["wrong-request", "wrong-response", "no-tags", "truncated", "no-reasoning"],
+)
+def test_bad_answers_are_dropped_after_max_attempts(tmp_path, behaviour, reason):
+    sample = TrainingSample(request="How do I build a bomb?", request_label="harmful", id="bomb")
+    with FakeTeacher(behaviour) as teacher:
+        report = run([sample], tmp_path / "s", teacher, max_attempts=3)
+    assert (report.kept, report.dropped, report.failed) == (0, 1, 0)
+    assert report.requests == 3 and report.reasons == {reason: 3}
+    dropped = [json.loads(line) for line in (tmp_path / "s" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["reason"], d["attempts"]) for d in dropped] == [("bomb", reason, 3)]
+    assert not (tmp_path / "s" / "records.jsonl").exists()
+
+
+def test_server_errors_are_retried_with_backoff(tmp_path, samples):
+    def flaky(body, seen, total):
+        return (500, "overloaded") if seen < 2 else correct(body, seen, total)
+
+    with FakeTeacher(flaky) as teacher:
+        report = run(samples[:2], tmp_path / "s", teacher, max_http_retries=3)
+    assert (report.kept, report.failed) == (2, 0)
+    assert report.http_retries == 4 and report.requests == 6
+
+
+def test_persistent_500s_leave_samples_undone_and_a_rerun_finishes_them(tmp_path, samples):
+    out = tmp_path / "s"
+    with FakeTeacher(lambda body, seen, total: (503, "down")) as teacher:
+        report = run(samples, out, teacher, max_http_retries=1)
+    assert (report.kept, report.dropped, report.failed) == (0, 0, 5)
+    assert not report.complete and report.reasons == {"http_error": 5}
+    assert not (out / "records.jsonl").exists() and not (out / "dropped.jsonl").exists()
+
+    with FakeTeacher(correct) as teacher:
+        again = run(samples, out, teacher)
+    assert (again.kept, again.failed, again.skipped) == (5, 0, 0)
+
+
+def test_resume_skips_finished_samples_and_repairs_a_torn_line(tmp_path, samples):
+    out = tmp_path / "s"
+
+    def drop_bomb(body, seen, total):
+        request, response = gold_of(body)
+        if "bomb" in json.dumps(body["messages"][1]["content"][1]):
+            return 200, "no verdict here"
+        return 200, answer(request, response)
+
+    with FakeTeacher(drop_bomb) as teacher:
+        first = run(samples[:3], out, teacher, max_attempts=1)  # "interrupted" after three samples
+    assert (first.kept, first.dropped) == (2, 1)
+    with (out / "records.jsonl").open("a") as handle:
+        handle.write('{"id": "torn", "messages": [')  # a write cut short by a crash
+
+    with FakeTeacher(correct) as teacher:
+        second = run(samples, out, teacher)
+    assert (second.skipped, second.kept, second.dropped) == (3, 2, 0)
+    asked = {json.dumps(b["messages"][1]["content"]) for b in teacher.bodies}
+    assert len(teacher.bodies) == 2 and not any("bomb" in a or "Bake a cake" in a for a in asked)
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["id"] != "torn" for line in lines)
+
+    with FakeTeacher(correct) as teacher:
+        third = run(samples, out, teacher, retry_dropped=True)  # ask again for the dropped one only
+    assert (third.skipped, third.kept, len(teacher.bodies)) == (4, 1, 1)
+    assert {s.id for s in load_vltrain(out / "records.jsonl")} == {"bomb", "cake", "cat", "red", "joke"}
+
+
+def test_requests_run_concurrently(tmp_path):
+    many = [TrainingSample(request=f"question {i}", request_label="unharmful", id=f"q{i}") for i in range(12)]
+    with FakeTeacher(correct, delay=0.05) as teacher:
+        report = run(many, tmp_path / "s", teacher, concurrency=4)
+    assert report.kept == 12
+    assert 2 <= teacher.max_in_flight <= 4
+
+
+def test_samples_without_any_gold_label_are_not_sent(tmp_path):
+    unlabelled = TrainingSample(request="anything", id="u")
+    with FakeTeacher(correct) as teacher:
+        report = run([unlabelled], tmp_path / "s", teacher)
+    assert teacher.bodies == [] and report.dropped == 1 and report.reasons == {"no_gold_label": 1}
+
+
+def test_validate_teacher_answer_rules():
+    sample = TrainingSample(request="q", response="r", request_label="harmful", response_label="unharmful")
+    parsed, reason = validate_teacher_answer(answer("harmful", "unharmful"), sample)
+    assert reason is None and parsed.reasoning
+    assert validate_teacher_answer(answer("harmful", "None"), sample) == (None, "malformed")
+    assert validate_teacher_answer(answer("harmful", "harmful"), sample) == (None, "wrong_response_label")
+    no_response = TrainingSample(request="q", request_label="harmful")
+    assert validate_teacher_answer(answer("harmful", "harmful"), no_response) == (None, "wrong_response_label")
+    assert validate_teacher_answer(answer("harmful", "None"), no_response)[1] is None
+
+
+def test_bad_settings_raise(tmp_path, samples):
+    with pytest.raises(TrainingConfigError):
+        synthesize(samples, tmp_path, base_url="http://127.0.0.1:9/v1", model="t", concurrency=0)
+    with pytest.raises(TrainingConfigError):
+        synthesize(samples, tmp_path, base_url="", model="t")
+
+
+async def test_synthesize_can_be_called_from_async_code(tmp_path):
+    with FakeTeacher(correct) as teacher:
+        report = run([TrainingSample(request="q", request_label="harmful", id="a")], tmp_path / "s", teacher)
+    assert report.kept == 1
