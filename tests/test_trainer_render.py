@@ -11,7 +11,7 @@ from grvl_sdk.trainer import TrainingSample, render_completion
 
 pytest.importorskip("transformers")
 
-from grvl_sdk.trainer.render import IGNORE_INDEX, RSFTCollator, encode_samples, training_prompt  # noqa: E402
+from grvl_sdk.trainer.render import IGNORE_INDEX, RSFTCollator, encode_samples, training_prompt
 
 TINY_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
 

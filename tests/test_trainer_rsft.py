@@ -19,12 +19,12 @@ from grvl_sdk.trainer import RSFTConfig, TrainingSample, sample_to_record
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-import transformers  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import transformers
+from safetensors.torch import load_file
 
-from grvl_sdk import Guard  # noqa: E402
-from grvl_sdk.cli import main as grvl  # noqa: E402
-from grvl_sdk.trainer.rsft import load_adapter_guard, train_rsft  # noqa: E402
+from grvl_sdk import Guard
+from grvl_sdk.cli import main as grvl
+from grvl_sdk.trainer.rsft import load_adapter_guard, train_rsft
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,6 +86,14 @@ def scores(guard: Guard, samples: list[TrainingSample], max_new_tokens: int = 48
         for v, s in zip(verdicts, samples, strict=True)
     )
     return compliant / len(samples), correct / len(samples)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_config(base: Path, out: Path, **changes) -> RSFTConfig:
@@ -163,7 +171,12 @@ def test_rsft_learns_a_rule_from_text_and_image_samples(tiny_guard, tiny_guard_p
 
 def test_lora_merged_and_adapter_checkpoints_agree(tiny_guard_path, tmp_path):
     samples = few_samples()
-    merged = train_rsft(tiny_config(tiny_guard_path, tmp_path / "merged", method="lora"), train_samples=samples)
+    merged = train_rsft(
+        tiny_config(tiny_guard_path, tmp_path / "merged", method="lora", eval_steps=3),
+        train_samples=samples,
+        eval_samples=samples[:2] + samples[-2:],
+    )
+    assert any("eval_loss" in json.loads(line) for line in merged.metrics_path.read_text().splitlines())
     adapter = train_rsft(
         tiny_config(tiny_guard_path, tmp_path / "adapter", method="lora", merge_lora=False), train_samples=samples
     )
@@ -289,8 +302,10 @@ def test_cli_sft_in_one_process_matches_two_processes(tiny_guard_path, tmp_path)
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
+        "--master_addr",
+        "127.0.0.1",
         "--master_port",
-        "0",
+        str(free_port()),
         "-m",
         "grvl_sdk.cli",
         "train",
@@ -301,7 +316,7 @@ def test_cli_sft_in_one_process_matches_two_processes(tiny_guard_path, tmp_path)
         str(two),
         "--no-progress",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 per device × 2 accumulation × 2 process(es)" in done.stderr
 
