@@ -71,6 +71,10 @@ def test_presets_and_dicts():
         RSFTConfig.from_dict({"learnig_rate": 1e-5})
     single = RSFTConfig(train_data="data.jsonl", report_to="none")
     assert single.train_data == ["data.jsonl"] and single.report_to == []
+    paths = RSFTConfig(train_data=[Path("a.jsonl"), {"path": Path("b.csv")}], output_dir=Path("runs/x"))
+    assert (paths.train_data, paths.output_dir) == (["a.jsonl", {"path": "b.csv"}], "runs/x")
+    with pytest.raises(TrainingConfigError, match="train_data"):
+        RSFTConfig(train_data=[3])
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):
@@ -120,3 +124,15 @@ def test_trainer_arguments_carry_the_settings():
     assert args.logging_first_step is True
     with pytest.raises(TrainingConfigError, match="invalid trainer arguments"):
         _sft_args(config.replace(extra_args={"not_an_argument": 1}), config.batch_plan(1), False, False)
+
+
+def test_missing_training_extra_is_named(monkeypatch, tmp_path):
+    import sys
+
+    from grvl_sdk.errors import MissingDependencyError
+    from grvl_sdk.trainer import train_rsft
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # as if TRL were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'grvl-sdk\[train\]'"):
+        train_rsft(RSFTConfig(output_dir=str(tmp_path / "never"), train_data=["x.jsonl"]))
+    assert not (tmp_path / "never").exists()

@@ -314,3 +314,61 @@ async def test_synthesize_can_be_called_from_async_code(tmp_path):
     with FakeTeacher(correct) as teacher:
         report = run([TrainingSample(request="q", request_label="harmful", id="a")], tmp_path / "s", teacher)
     assert report.kept == 1
+
+
+def test_cli_synthesize_then_summary(tmp_path, capsys):
+    from grvl_sdk.cli import main as grvl
+
+    (tmp_path / "labelled.csv").write_text(
+        "prompt,label\nhow to hack a bank,unsafe\nbake bread,safe\n", encoding="utf-8"
+    )
+    out = tmp_path / "synth"
+    with FakeTeacher(correct) as teacher:
+        args = [
+            "train",
+            "synthesize",
+            str(tmp_path / "labelled.csv"),
+            "--column",
+            "request=prompt",
+            "--column",
+            "request_label=label",
+            "--out",
+            str(out),
+            "--teacher-url",
+            teacher.base_url,
+            "--teacher-model",
+            "t",
+            "--no-progress",
+            "--backoff",
+            "0.01",
+        ]
+        assert grvl(args) == 0
+        assert "2 kept, 0 dropped, 0 failed" in capsys.readouterr().err
+        assert grvl(args) == 0  # resumed: nothing left to ask
+        assert len(teacher.bodies) == 2 and "2 already done" in capsys.readouterr().err
+    with FakeTeacher(lambda body, seen, total: (500, "down")) as teacher:
+        failing = [a if a != str(out) else str(tmp_path / "other") for a in args]
+        failing[failing.index("--teacher-url") + 1] = teacher.base_url
+        assert grvl([*failing, "--max-http-retries", "0"]) == 1  # samples left undone
+    assert grvl(["train", "summary", str(out / "records.jsonl"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["request_labels"]["text"] == {"harmful": 1, "unharmful": 1} and summary["trainable"] == 2
+    assert grvl(["train", "summary", str(tmp_path / "labelled.csv")]) == 2  # no request column mapped
+    assert "field 'request'" in capsys.readouterr().err
+
+
+def test_cli_init_writes_configs_and_refuses_to_overwrite(tmp_path, capsys):
+    pytest.importorskip("yaml")
+    from grvl_sdk.cli import main as grvl
+    from grvl_sdk.trainer import RSFTConfig
+
+    assert grvl(["train", "init", str(tmp_path / "run"), "--preset", "7b", "--method", "qlora"]) == 0
+    config = RSFTConfig.from_yaml(tmp_path / "run" / "rsft.yaml")
+    assert (config.model_name_or_path, config.method) == ("Qwen/Qwen2.5-VL-7B-Instruct", "qlora")
+    assert sorted(p.name for p in (tmp_path / "run" / "accelerate").iterdir()) == [
+        "deepspeed_zero3.yaml",
+        "fsdp.yaml",
+        "multi_gpu.yaml",
+    ]
+    assert grvl(["train", "init", str(tmp_path / "run")]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -255,10 +255,8 @@ def _init(args: argparse.Namespace) -> int:
     except GRVLError as exc:
         return _handle(exc)
     target = Path(args.dir)
-    files = {
-        target / "rsft.yaml": None,
-        **{target / "accelerate" / p.name: p for p in (_CONFIGS / "accelerate").glob("*.yaml")},
-    }
+    files: dict[Path, Path | None] = {target / "rsft.yaml": None}
+    files.update({target / "accelerate" / p.name: p for p in sorted((_CONFIGS / "accelerate").glob("*.yaml"))})
     existing = [str(p) for p in files if p.exists()]
     if existing and not args.force:
         return _fail(f"would overwrite {', '.join(existing)} (use --force)")

@@ -33,6 +33,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _sources(value: Any, name: str) -> list[Any]:
+    """Data sources as a list of plain values (paths as strings), so the config serialises to YAML."""
+    if isinstance(value, (str, os.PathLike, Mapping)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise TrainingConfigError(f"{name} must be a list of paths or dicts, got {type(value).__name__}", field=name)
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        elif isinstance(item, Mapping):
+            item = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in item.items()}
+        elif not isinstance(item, str):
+            raise TrainingConfigError(f"{name} entries must be paths or dicts, got {type(item).__name__}", field=name)
+        out.append(item)
+    return out
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How the effective batch maps onto processes: ``effective = per_device × accumulation × processes``."""
@@ -117,7 +135,8 @@ class RSFTConfig:
     save_total_limit: int | None = 2
     eval_steps: int | None = None
     per_device_eval_batch_size: int | None = None
-    #: ``True``: continue from the last checkpoint in ``output_dir``; a path: from that checkpoint.
+    #: ``True``: continue from the last checkpoint in ``output_dir`` (an error if there is none);
+    #: ``"auto"``: the same, or a fresh start when there is none; a path: from that checkpoint.
     resume_from_checkpoint: bool | str | None = None
     #: Integrations to report to (``"wandb"``, ``"tensorboard"``...); none by default.
     report_to: list[str] = field(default_factory=list)
@@ -194,10 +213,10 @@ class RSFTConfig:
         """Raise :class:`TrainingConfigError` for an impossible setting."""
         if self.method not in ("full", "lora", "qlora"):
             raise TrainingConfigError(f"method must be 'full', 'lora' or 'qlora', got {self.method!r}", field="method")
-        if isinstance(self.train_data, (str, os.PathLike, Mapping)):
-            self.train_data = [self.train_data]
-        if isinstance(self.eval_data, (str, os.PathLike, Mapping)):
-            self.eval_data = [self.eval_data]
+        self.train_data = _sources(self.train_data, "train_data")
+        self.eval_data = _sources(self.eval_data, "eval_data")
+        if isinstance(self.output_dir, os.PathLike):
+            self.output_dir = os.fspath(self.output_dir)
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
         positive = {

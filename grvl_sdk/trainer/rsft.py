@@ -25,6 +25,7 @@ from grvl_sdk._lazy import require
 from grvl_sdk.errors import DataError, ModelLoadError, TrainingConfigError, TrainingError
 from grvl_sdk.trainer.config import BatchPlan, RSFTConfig
 from grvl_sdk.trainer.data import DataSummary, TrainingSample, load_data, summarize
+from grvl_sdk.trainer.render import _split_source
 from grvl_sdk.trainer.runs import CONFIG_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, last_checkpoint
 
 __all__ = ["RSFTResult", "load_adapter_guard", "merge_adapter", "train_rsft"]
@@ -85,12 +86,12 @@ def _check_targets(samples: Sequence[TrainingSample], what: str) -> None:
     missing = [s for s in samples if not s.has_target]
     if missing:
         first = missing[0]
-        file, _, line = (first.source or "").rpartition(":")
+        file, line = _split_source(first.source)
         raise DataError(
             f"{len(missing)} of {len(samples)} {what} samples have no reasoning and labels to train on "
             f"(first at {first.source or 'an in-memory sample'}); add reasoning with `grvl train synthesize`",
-            file=file or first.source,
-            line=int(line) if line.isdigit() else None,
+            file=file,
+            line=line,
             field="reasoning",
         )
 
