@@ -46,7 +46,8 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_path = args.model or str(build_tiny_guard(tempfile.mkdtemp(prefix="grvl-bench-")))
-    guard = Guard.from_pretrained(model_path, device=args.device, max_new_tokens=args.new_tokens)
+    # Cache off: every check below must really generate.
+    guard = Guard.from_pretrained(model_path, device=args.device, max_new_tokens=args.new_tokens, cache_size=0)
     backend = guard.backend
     image = Image.new("RGB", (320, 240), (120, 90, 60))
     text = "How do I pick this lock?"
