@@ -24,7 +24,7 @@ from grvl_sdk.errors import (
 from grvl_sdk.guard import Guard
 from grvl_sdk.parsing import ParsedOutput, parse_output
 from grvl_sdk.policy import Policy
-from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages, build_transcript, render_prompt
+from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages, build_transcript, parse_transcript, render_prompt
 from grvl_sdk.scores import TokenLogprobs
 from grvl_sdk.verdict import Decision, ErrorInfo, Usage, Verdict
 
@@ -60,5 +60,6 @@ __all__ = [
     "build_messages",
     "build_transcript",
     "parse_output",
+    "parse_transcript",
     "render_prompt",
 ]

@@ -64,19 +64,23 @@ def _bytes_from_string(value: str) -> tuple[bytes | None, Path | None]:
     raise ImageError(f"image string is neither an existing file, a data: URL nor base64: {value[:80]!r}")
 
 
+def _check_size(image: Image.Image, max_image_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_image_pixels:
+        raise ImageTooLargeError(
+            f"image of {width}x{height} pixels exceeds the limit of {max_image_pixels} pixels",
+            width=width,
+            height=height,
+            limit=max_image_pixels,
+        )
+
+
 def _open(data: bytes | Path, max_image_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-            width, height = image.size
-            if width * height > max_image_pixels:
-                raise ImageTooLargeError(
-                    f"image of {width}x{height} pixels exceeds the limit of {max_image_pixels} pixels",
-                    width=width,
-                    height=height,
-                    limit=max_image_pixels,
-                )
+            _check_size(image, max_image_pixels)
             image.load()
             return image
     except ImageError:
@@ -92,14 +96,7 @@ def _open(data: bytes | Path, max_image_pixels: int) -> Image.Image:
 
 
 def _normalise(image: Image.Image, max_image_pixels: int) -> Image.Image:
-    width, height = image.size
-    if width * height > max_image_pixels:
-        raise ImageTooLargeError(
-            f"image of {width}x{height} pixels exceeds the limit of {max_image_pixels} pixels",
-            width=width,
-            height=height,
-            limit=max_image_pixels,
-        )
+    _check_size(image, max_image_pixels)
     try:
         image = ImageOps.exif_transpose(image)
     except Exception as exc:  # PIL raises many types on broken EXIF data

@@ -23,6 +23,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "build_messages",
     "build_transcript",
+    "parse_transcript",
     "render_prompt",
 ]
 
@@ -42,6 +43,8 @@ IMAGE_PLACEHOLDER = "<image>"
 IMAGE_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
 _NO_RESPONSE = "None"
+_HUMAN = "Human user:\n"
+_ASSISTANT = "\n\nAI assistant:\n"
 
 
 def _check_text(name: str, value: str | None) -> str | None:
@@ -72,6 +75,51 @@ def build_transcript(request: str | None, response: str | None = None, *, num_im
     """The user message as in the training records, with ``<image>`` written once per image."""
     head, tail = _transcript_parts(request, response, num_images)
     return head + IMAGE_PLACEHOLDER * num_images + tail
+
+
+def parse_transcript(text: str, *, num_images: int | None = None) -> tuple[str | None, str | None, int]:
+    """Split a transcript ``Human user:\\n<image>…\\n{request}\\n\\nAI assistant:\\n{response}\\n\\n``.
+
+    Returns ``(request, response, image_count)``; a response of ``None`` means no response. The
+    transcript must re-render exactly (the authors' variant with a single final newline is accepted).
+    Raises ``ValueError`` with the reason otherwise.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"the transcript must be a string, got {type(text).__name__}")
+    if not text.startswith(_HUMAN):
+        raise ValueError(f"the transcript must start with {_HUMAN!r}, got {text[:40]!r}")
+    body = text[len(_HUMAN) :]
+    count = 0
+    while body.startswith(IMAGE_PLACEHOLDER, count * len(IMAGE_PLACEHOLDER)):
+        count += 1
+    rest = body[count * len(IMAGE_PLACEHOLDER) :]
+    if num_images is not None and count != num_images:
+        raise ValueError(
+            f"the transcript has {count} leading {IMAGE_PLACEHOLDER} marker(s) after 'Human user:' but the record "
+            f"has {num_images} image(s)"
+        )
+    if rest.startswith(_ASSISTANT):
+        if count == 0:
+            raise ValueError("the transcript has neither a request text nor an image")
+        request, after = None, rest[len(_ASSISTANT) :]
+    else:
+        if count:
+            if not rest.startswith("\n"):
+                raise ValueError(f"expected a newline after the {IMAGE_PLACEHOLDER} marker(s)")
+            rest = rest[1:]
+        cut = rest.find(_ASSISTANT)
+        if cut < 0:
+            raise ValueError("the transcript has no '\\n\\nAI assistant:\\n' section")
+        request, after = rest[:cut], rest[cut + len(_ASSISTANT) :]
+    if after.endswith("\n\n"):
+        after = after[:-2]
+    elif after.endswith("\n"):
+        after = after[:-1]
+    response = None if after == _NO_RESPONSE else after
+    rendered = build_transcript(request, response, num_images=count)
+    if rendered not in (text, text + "\n"):
+        raise ValueError("the transcript is not in the GuardReasoner-VL form (images must follow 'Human user:')")
+    return request, response, count
 
 
 def build_messages(

@@ -188,3 +188,15 @@ def test_fuzzed_user_text_never_changes_structure(tiny_guard, rgb_image, request
     baseline = _special_counts(tiny_guard, _encode(tiny_guard, images=images, **plain))
     counts = _special_counts(tiny_guard, _encode(tiny_guard, text=request or None, images=images, response=response))
     assert counts == baseline
+
+
+@pytest.mark.parametrize(
+    ("req", "resp", "n"),
+    [("hi", None, 0), ("hi", "ok\n\nmore", 0), ("q?", None, 2), (None, "ok", 1), ("<image> in text", "x", 1)],
+)
+def test_parse_transcript_inverts_build_transcript(req, resp, n):
+    from grvl_sdk import parse_transcript
+
+    assert parse_transcript(build_transcript(req, resp, num_images=n)) == (req, resp, n)
+    with pytest.raises(ValueError):
+        parse_transcript(build_transcript(req, resp, num_images=n), num_images=n + 1)

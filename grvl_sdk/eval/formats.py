@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from grvl_sdk.errors import DataFormatError
 from grvl_sdk.eval.registry import TASK_LABELS, Benchmark, Task
+from grvl_sdk.prompt import parse_transcript as split_transcript
 
 __all__ = [
     "PredictionRecord",
@@ -47,8 +48,7 @@ __all__ = [
 Status = Literal["ok", "unparseable", "failed"]
 BenchmarkFormat = Literal["guardreasoner-text", "chat", "generic"]
 
-_HUMAN = "Human user:\n"
-_ASSISTANT = "\n\nAI assistant:\n"
+_HUMAN = "Human user:"
 _IMAGE = "<image>"
 _LABEL_LINE = re.compile(r"\b(request|completion|response)\s*:\s*([a-z]+)", re.IGNORECASE)
 _LINE_TASK = {"request": "request", "completion": "refusal", "response": "response"}
@@ -184,38 +184,18 @@ def _gold(output: Any, task: str, where: str) -> dict[str, str]:
     return {task: label} if label is not None else {}
 
 
-def parse_transcript(transcript: str) -> tuple[str | None, str | None, int]:
+def parse_transcript(transcript: str, where: str = "transcript") -> tuple[str | None, str | None, int]:
     """``(request, response, number of <image> markers)`` of a ``Human user:/AI assistant:`` transcript.
 
-    Text that is not a transcript is taken as the request itself.
+    Transcripts are split by :func:`grvl_sdk.prompt.parse_transcript` (the exact inverse of the prompt
+    code); text that is not a transcript at all is taken as the request itself.
     """
-    body = transcript
-    if body.startswith(_HUMAN):
-        body = body[len(_HUMAN) :]
-    else:
-        stripped = body.lstrip()
-        if not stripped.startswith(_HUMAN.strip()):
-            return (body or None), None, 0
-        body = stripped[len(_HUMAN.strip()) :].lstrip(" \n")
-    response: str | None = None
-    cut = body.find(_ASSISTANT)
-    if cut >= 0:
-        request, response = body[:cut], body[cut + len(_ASSISTANT) :]
-        if response.endswith("\n\n"):
-            response = response[:-2]
-        elif response.endswith("\n"):
-            response = response[:-1]
-        if response.strip() == "None":
-            response = None
-    else:
-        request = body.rstrip("\n")
-    n_images = 0
-    while request.startswith(_IMAGE):
-        request = request[len(_IMAGE) :]
-        n_images += 1
-    if n_images and request.startswith("\n"):
-        request = request[1:]
-    return (request or None), response, n_images
+    if not transcript.lstrip().startswith(_HUMAN):
+        return (transcript or None), None, 0
+    try:
+        return split_transcript(transcript)
+    except ValueError as exc:
+        raise DataFormatError(f"{where}: {exc}") from exc
 
 
 def _image_paths(value: Any, root: Path, where: str) -> tuple[str, ...]:
@@ -247,7 +227,7 @@ def _sample_id(record: dict[str, Any], index: int) -> str:
 def _from_guardreasoner(record: dict[str, Any], index: int, task: str, root: Path, where: str) -> Sample:
     if not isinstance(record.get("input"), str):
         raise DataFormatError(f"{where}: 'input' must be a transcript string")
-    request, response, _ = parse_transcript(record["input"])
+    request, response, _ = parse_transcript(record["input"], where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
     return Sample(_sample_id(record, index), request, response, images, _gold(record.get("output"), task, where))
 
@@ -280,7 +260,7 @@ def _from_chat(record: dict[str, Any], index: int, task: str, root: Path, where:
             assistant = content
     if user is None:
         raise DataFormatError(f"{where}: no user turn")
-    request, response, n_markers = parse_transcript(user)
+    request, response, n_markers = parse_transcript(user, where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
     if n_markers and len(images) != n_markers:
         raise DataFormatError(f"{where}: {n_markers} <image> markers but {len(images)} images")

@@ -34,7 +34,7 @@ from PIL import Image
 
 from grvl_sdk.errors import DataError
 from grvl_sdk.parsing import Label
-from grvl_sdk.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, build_transcript
+from grvl_sdk.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, build_transcript, parse_transcript
 
 __all__ = [
     "ColumnMap",
@@ -59,8 +59,6 @@ Modality = Literal["text", "image", "text-image"]
 OnError = Literal["raise", "skip"]
 DataFormat = Literal["vltrain", "benchmark", "jsonl", "csv"]
 
-_HUMAN = "Human user:\n"
-_AI = "\n\nAI assistant:\n"
 _NO_RESPONSE = "None"
 _LABELS = ("harmful", "unharmful")
 
@@ -209,54 +207,6 @@ def normalize_label(value: Any) -> Label | None:
     if text in LABEL_ALIASES:
         return LABEL_ALIASES[text]
     raise ValueError(f"unknown label {value!r} (expected harmful/unharmful, safe/unsafe, 1/0, true/false or empty)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Transcripts
-# ----------------------------------------------------------------------------------------------
-def parse_transcript(text: str, *, num_images: int | None = None) -> tuple[str | None, str | None, int]:
-    """Split a transcript ``Human user:\\n<image>…\\n{request}\\n\\nAI assistant:\\n{response}\\n\\n``.
-
-    Returns ``(request, response, image_count)``; a response of ``None`` means no response. The
-    transcript must re-render exactly (the authors' variant with a single final newline is accepted).
-    Raises ``ValueError`` with the reason otherwise.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"the transcript must be a string, got {type(text).__name__}")
-    if not text.startswith(_HUMAN):
-        raise ValueError(f"the transcript must start with {_HUMAN!r}, got {text[:40]!r}")
-    body = text[len(_HUMAN) :]
-    count = 0
-    while body.startswith(IMAGE_PLACEHOLDER, count * len(IMAGE_PLACEHOLDER)):
-        count += 1
-    rest = body[count * len(IMAGE_PLACEHOLDER) :]
-    if num_images is not None and count != num_images:
-        raise ValueError(
-            f"the transcript has {count} leading {IMAGE_PLACEHOLDER} marker(s) after 'Human user:' but the record "
-            f"has {num_images} image(s)"
-        )
-    if rest.startswith(_AI):
-        if count == 0:
-            raise ValueError("the transcript has neither a request text nor an image")
-        request, after = None, rest[len(_AI) :]
-    else:
-        if count:
-            if not rest.startswith("\n"):
-                raise ValueError(f"expected a newline after the {IMAGE_PLACEHOLDER} marker(s)")
-            rest = rest[1:]
-        cut = rest.find(_AI)
-        if cut < 0:
-            raise ValueError("the transcript has no '\\n\\nAI assistant:\\n' section")
-        request, after = rest[:cut], rest[cut + len(_AI) :]
-    if after.endswith("\n\n"):
-        after = after[:-2]
-    elif after.endswith("\n"):
-        after = after[:-1]
-    response = None if after == _NO_RESPONSE else after
-    rendered = build_transcript(request, response, num_images=count)
-    if rendered not in (text, text + "\n"):
-        raise ValueError("the transcript is not in the GuardReasoner-VL form (images must follow 'Human user:')")
-    return request, response, count
 
 
 # ----------------------------------------------------------------------------------------------
