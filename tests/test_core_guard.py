@@ -205,6 +205,9 @@ def test_model_load_errors_are_typed_and_fast(tmp_path, monkeypatch):
         Guard.from_pretrained(str(tmp_path / "missing"))
     with pytest.raises(ModelLoadError, match=r"config\.json"):
         Guard.from_pretrained(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="load_adapter_guard"):
+        Guard.from_pretrained(str(tmp_path))
     monkeypatch.setattr(local_module, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(local_module, "_is_cached", lambda *a: False)
     with pytest.raises(ModelLoadError) as info:

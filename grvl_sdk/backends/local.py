@@ -89,6 +89,12 @@ def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str 
     except RuntimeError as exc:  # "~user" with no such user
         raise ModelLoadError(f"cannot resolve model path {model_id!r}: {exc}") from exc
     if path.is_dir():
+        if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"{str(path)!r} holds a LoRA adapter, not a full checkpoint: load it with "
+                "grvl_sdk.trainer.load_adapter_guard(path), or merge it first with `grvl train merge ADAPTER OUT`",
+                model=model_id,
+            )
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{str(path)!r} is a folder but holds no config.json: not a model checkpoint")
         return str(path), True
