@@ -372,3 +372,12 @@ def test_cli_init_writes_configs_and_refuses_to_overwrite(tmp_path, capsys):
     ]
     assert grvl(["train", "init", str(tmp_path / "run")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_resume_reads_records_holding_unicode_line_separators(tmp_path):
+    from grvl_sdk.trainer.synthesize import _repair_and_read
+
+    path = tmp_path / "done.jsonl"
+    rows = [{"id": "a", "reasoning": "one\u2028two\u2029three\x85four"}, {"id": "b", "reasoning": "plain"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert _repair_and_read(path) == {"a", "b"}

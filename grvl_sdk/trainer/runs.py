@@ -37,7 +37,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows: list[dict[str, Any]] = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in path.read_text(encoding="utf-8").split("\n"):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

@@ -166,7 +166,7 @@ def _repair_and_read(path: Path) -> set[str]:
             handle.truncate(cut)
         data = data[:cut]
     ids: set[str] = set()
-    for raw in data.decode("utf-8").splitlines():
+    for raw in data.decode("utf-8").split("\n"):  # not splitlines(): U+2028 may sit inside a record
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
