@@ -89,6 +89,48 @@ class _Guarded:
     def with_response(self, item: GuardInput, result: Any) -> GuardInput:
         return dataclasses.replace(item, response=self.get_response(result))
 
+    def check_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        """Start a call: its policy (``kwargs`` loses the policy override), id, input and request check."""
+        policy = self.active_policy(kwargs)
+        call = _Call(policy, _new_id(), self.prepare(self.get_request(args, kwargs)))
+        if policy.check != "response":
+            verdict = self.guard.check_input(call.item, policy=policy, stage="request", call_id=call.call_id)
+            call.blocking = verdict if verdict.blocked else None
+        return call
+
+    async def acheck_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        """Async twin of :meth:`check_request`."""
+        policy = self.active_policy(kwargs)
+        call = _Call(policy, _new_id(), await _aprepare(self, self.get_request(args, kwargs)))
+        if policy.check != "response":
+            verdict = await self.guard.acheck_input(call.item, policy=policy, stage="request", call_id=call.call_id)
+            call.blocking = verdict if verdict.blocked else None
+        return call
+
+    def stream(self, source: Any, call: _Call) -> Any:
+        """``source`` moderated as it flows (see :func:`guard_stream`)."""
+        return guard_stream(
+            self.guard, source, call.item, call.policy, call_id=call.call_id,
+            get_chunk_text=self.get_chunk_text, refusal=self.refusal,
+        )  # fmt: skip
+
+    def astream(self, source: Any, call: _Call) -> Any:
+        """Async twin of :meth:`stream`."""
+        return aguard_stream(
+            self.guard, source, call.item, call.policy, call_id=call.call_id,
+            get_chunk_text=self.get_chunk_text, refusal=self.refusal,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Call:
+    """One guarded call: its policy, id, prepared request, and the request verdict if it blocked."""
+
+    policy: Policy
+    call_id: str
+    item: GuardInput
+    blocking: Verdict | None = None
+
 
 def wrap(
     guard: Any,
@@ -130,29 +172,18 @@ def _wrap_sync(state: _Guarded) -> Callable[..., Any]:
 
     @functools.wraps(state.fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = state.active_policy(kwargs)
-        call_id = _new_id()
-        item = state.prepare(state.get_request(args, kwargs))
-        if policy.check != "response":
-            verdict = guard.check_input(item, policy=policy, stage="request", call_id=call_id)
-            if verdict.blocked:
-                return state.blocked(verdict, "request", policy)
+        call = state.check_request(args, kwargs)
+        if call.blocking is not None:
+            return state.blocked(call.blocking, "request", call.policy)
         result = state.fn(*args, **kwargs)
-        if policy.check == "request":
+        if call.policy.check == "request":
             return result
         if _is_stream(result):
-            return guard_stream(
-                guard,
-                result,
-                item,
-                policy,
-                call_id=call_id,
-                get_chunk_text=state.get_chunk_text,
-                refusal=state.refusal,
-            )
-        verdict = guard.check_input(state.with_response(item, result), policy=policy, stage="response", call_id=call_id)
+            return state.stream(result, call)
+        item = state.with_response(call.item, result)
+        verdict = guard.check_input(item, policy=call.policy, stage="response", call_id=call.call_id)
         if verdict.blocked:
-            return state.blocked(verdict, "response", policy)
+            return state.blocked(verdict, "response", call.policy)
         return result
 
     return guarded
@@ -163,32 +194,18 @@ def _wrap_async(state: _Guarded) -> Callable[..., Any]:
 
     @functools.wraps(state.fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = state.active_policy(kwargs)
-        call_id = _new_id()
-        spec = state.get_request(args, kwargs)
-        item = await _aprepare(state, spec)
-        if policy.check != "response":
-            verdict = await guard.acheck_input(item, policy=policy, stage="request", call_id=call_id)
-            if verdict.blocked:
-                return state.blocked(verdict, "request", policy)
+        call = await state.acheck_request(args, kwargs)
+        if call.blocking is not None:
+            return state.blocked(call.blocking, "request", call.policy)
         result = await state.fn(*args, **kwargs)
-        if policy.check == "request":
+        if call.policy.check == "request":
             return result
         if _is_astream(result):
-            return aguard_stream(
-                guard,
-                result,
-                item,
-                policy,
-                call_id=call_id,
-                get_chunk_text=state.get_chunk_text,
-                refusal=state.refusal,
-            )
-        verdict = await guard.acheck_input(
-            state.with_response(item, result), policy=policy, stage="response", call_id=call_id
-        )
+            return state.astream(result, call)
+        item = state.with_response(call.item, result)
+        verdict = await guard.acheck_input(item, policy=call.policy, stage="response", call_id=call.call_id)
         if verdict.blocked:
-            return state.blocked(verdict, "response", policy)
+            return state.blocked(verdict, "response", call.policy)
         return result
 
     return guarded
@@ -201,50 +218,34 @@ async def _aprepare(state: _Guarded, spec: RequestSpec) -> GuardInput:
 
 
 def _wrap_generator(state: _Guarded) -> Callable[..., Any]:
-    guard = state.guard
-
     @functools.wraps(state.fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = state.active_policy(kwargs)
-        call_id = _new_id()
-        item = state.prepare(state.get_request(args, kwargs))
-        if policy.check != "response":
-            verdict = guard.check_input(item, policy=policy, stage="request", call_id=call_id)
-            if verdict.blocked:
-                yield state.blocked(verdict, "request", policy)
-                return
+        call = state.check_request(args, kwargs)
+        if call.blocking is not None:
+            yield state.blocked(call.blocking, "request", call.policy)
+            return
         source = state.fn(*args, **kwargs)
-        if policy.check == "request":
+        if call.policy.check == "request":
             yield from source
             return
-        yield from guard_stream(
-            guard, source, item, policy, call_id=call_id, get_chunk_text=state.get_chunk_text, refusal=state.refusal
-        )
+        yield from state.stream(source, call)
 
     return guarded
 
 
 def _wrap_async_generator(state: _Guarded) -> Callable[..., Any]:
-    guard = state.guard
-
     @functools.wraps(state.fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        policy = state.active_policy(kwargs)
-        call_id = _new_id()
-        item = await _aprepare(state, state.get_request(args, kwargs))
-        if policy.check != "response":
-            verdict = await guard.acheck_input(item, policy=policy, stage="request", call_id=call_id)
-            if verdict.blocked:
-                yield state.blocked(verdict, "request", policy)
-                return
+        call = await state.acheck_request(args, kwargs)
+        if call.blocking is not None:
+            yield state.blocked(call.blocking, "request", call.policy)
+            return
         source = state.fn(*args, **kwargs)
-        if policy.check == "request":
+        if call.policy.check == "request":
             async for chunk in source:
                 yield chunk
             return
-        async for chunk in aguard_stream(
-            guard, source, item, policy, call_id=call_id, get_chunk_text=state.get_chunk_text, refusal=state.refusal
-        ):
+        async for chunk in state.astream(source, call):
             yield chunk
 
     return guarded
