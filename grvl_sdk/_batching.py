@@ -7,7 +7,12 @@ checks have been concurrent recently (within :data:`CONCURRENCY_WINDOW_S`), the 
 to ``max_wait_ms`` after the oldest input for others to join; a lone check on an idle guard is
 dispatched at once and pays no wait. Inputs with different ``max_new_tokens`` never share a batch.
 Results are routed back through each caller's own future; when a batch fails, its inputs are retried
-one by one so one bad input cannot fail the others.
+one by one so one bad input cannot fail the others (:func:`generate_isolated`, also used by
+``Guard.check_batch``).
+
+The worker survives anything a backend raises, ``BaseException`` included (the callers of that batch
+get a :class:`~grvl_sdk.errors.BackendError`); if the worker thread is gone all the same, the next
+``submit`` starts a new one, so a caller is never left waiting on a dead worker.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from grvl_sdk.backends.base import Generation, GuardInput
-from grvl_sdk.errors import BackendError, DeadlineExceededError, InputError
+from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "agenerate_isolated", "generate_isolated"]
 
 logger = logging.getLogger("grvl_sdk")
 
@@ -31,6 +37,48 @@ CONCURRENCY_WINDOW_S = 1.0
 
 #: ``run(inputs, max_new_tokens, deadline)`` generates one output per input, in order.
 RunBatch = Callable[[Sequence[GuardInput], int, "float | None"], list[Generation]]
+
+
+T = TypeVar("T")
+#: What one input of a batch ended with: its output, or the error that failed it.
+Outcome = Generation | Exception
+
+
+def _all_fail(exc: Exception) -> bool:
+    """Errors that concern the whole call, not one input: no point retrying inputs alone."""
+    return isinstance(exc, (DeadlineExceededError, GuardClosedError))
+
+
+def _counted(generations: Sequence[Generation], size: int) -> list[Outcome]:
+    if len(generations) != size:
+        raise BackendError(f"the backend returned {len(generations)} outputs for {size} inputs")
+    return list(generations)
+
+
+def generate_isolated(run: Callable[[Sequence[T]], Sequence[Generation]], items: Sequence[T]) -> list[Outcome]:
+    """``run(items)`` once; if it raises, each input alone, so one bad input fails only itself.
+
+    Returns one outcome per input, in order. A deadline or a closed guard fails every input at once."""
+    try:
+        return _counted(run(items), len(items))
+    except Exception as exc:
+        if len(items) == 1 or _all_fail(exc):
+            return [exc] * len(items)
+        logger.warning("a batch of %d checks failed (%s); retrying them one by one", len(items), exc)
+        return [outcome for item in items for outcome in generate_isolated(run, [item])]
+
+
+async def agenerate_isolated(
+    run: Callable[[Sequence[T]], Awaitable[Sequence[Generation]]], items: Sequence[T]
+) -> list[Outcome]:
+    """Async twin of :func:`generate_isolated`."""
+    try:
+        return _counted(await run(items), len(items))
+    except Exception as exc:
+        if len(items) == 1 or _all_fail(exc):
+            return [exc] * len(items)
+        logger.warning("a batch of %d checks failed (%s); retrying them one by one", len(items), exc)
+        return [outcome for item in items for outcome in await agenerate_isolated(run, [item])]
 
 
 @dataclass
@@ -48,8 +96,8 @@ class MicroBatcher:
     def __init__(self, run: RunBatch, *, max_batch_size: int, max_wait_ms: float) -> None:
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_wait_ms < 0:
-            raise InputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if not 0 <= max_wait_ms < 60_000:  # NaN fails too
+            raise InputError(f"max_wait_ms must be in [0, 60000), got {max_wait_ms}")
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -64,7 +112,9 @@ class MicroBatcher:
         self.items = 0
 
     def submit(self, item: GuardInput, *, max_new_tokens: int, deadline: float | None) -> Future[Generation]:
-        """Queue one input; the future resolves to its ``Generation`` (or the batch's exception)."""
+        """Queue one input; the future resolves to its ``Generation`` (or the error that failed it).
+
+        Raises ``RuntimeError`` once :meth:`close` was called."""
         pending = _Pending(item, max_new_tokens, deadline)
         with self._cond:
             if self._closed:
@@ -72,7 +122,8 @@ class MicroBatcher:
             self._pending.append(pending)
             if self._running or len(self._pending) > 1:
                 self._last_concurrent = pending.enqueued
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                self._running = False
                 self._thread = threading.Thread(target=self._work, name="grvl-microbatch", daemon=True)
                 self._thread.start()
             self._cond.notify()
@@ -105,48 +156,42 @@ class MicroBatcher:
             batch = self._take()
             if batch is None:
                 return
-            outcomes: list[tuple[_Pending, Generation | BaseException]] = []
+            outcomes: list[Outcome] = []
             try:
                 if batch:
-                    deadlines = [p.deadline for p in batch]
-                    deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
-                    self._run_batch(batch, deadline, outcomes)
-            except BaseException as exc:  # interpreter shutdown and the like: never leave a caller waiting
-                done = {id(p) for p, _ in outcomes}
-                outcomes.extend((p, exc) for p in batch if id(p) not in done)
-                raise
-            finally:
-                # Idle again *before* callers wake up, so a sequential caller is not taken for concurrency.
-                with self._cond:
-                    self._running = False
-                for pending, outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        pending.future.set_exception(outcome)
-                    else:
-                        pending.future.set_result(outcome)
+                    outcomes = generate_isolated(self._run_pending, batch)
+            except BaseException as exc:  # never leave a caller waiting, and keep serving the others
+                error = exc if isinstance(exc, Exception) else BackendError(f"the backend raised {type(exc).__name__}")
+                outcomes = [error] * len(batch)
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    self._settle(batch, outcomes)
+                    raise
+            self._settle(batch, outcomes)
 
-    def _run_batch(
-        self, batch: list[_Pending], deadline: float | None, outcomes: list[tuple[_Pending, Generation | BaseException]]
-    ) -> None:
+    def _run_pending(self, batch: Sequence[_Pending]) -> list[Generation]:
+        deadlines = [p.deadline for p in batch]
+        deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
         try:
             generations = self._run([p.item for p in batch], batch[0].max_new_tokens, deadline)
-            if len(generations) != len(batch):
-                raise BackendError(f"the backend returned {len(generations)} outputs for {len(batch)} inputs")
-        except DeadlineExceededError as exc:
-            outcomes.extend((pending, exc) for pending in batch)
-            return
-        except Exception as exc:
-            if len(batch) == 1:
-                outcomes.append((batch[0], exc))
-                return
-            # One bad input must not fail the others: run them one by one.
-            logger.warning("a batch of %d checks failed (%s); retrying them one by one", len(batch), exc)
-            for pending in batch:
-                self._run_batch([pending], pending.deadline, outcomes)
-            return
+        except Exception:
+            raise
+        except BaseException as exc:  # e.g. a CancelledError raised inside a backend: fail this batch only
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise BackendError(f"the backend raised {type(exc).__name__}: {exc}") from exc
         self.batches += 1
         self.items += len(batch)
-        outcomes.extend(zip(batch, generations, strict=True))
+        return generations
+
+    def _settle(self, batch: Sequence[_Pending], outcomes: Sequence[Outcome]) -> None:
+        # Idle again *before* callers wake up, so a sequential caller is not taken for concurrency.
+        with self._cond:
+            self._running = False
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
 
     def close(self) -> None:
         """Finish the pending inputs, then stop the worker."""

@@ -12,6 +12,8 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     ├── MissingDependencyError     code "missing_dependency"   an optional extra is not installed
     ├── DeadlineExceededError      code "deadline_exceeded"    no verdict within the policy's deadline
     ├── GuardBlocked               code "guard_blocked"        a wrapped call was blocked (``.verdict``, ``.stage``)
+    ├── GuardClosedError           code "guard_closed"         a closed guard was used (never turned into "allow")
+    ├── AuditLogError              code "audit_log_error"      the audit log cannot be opened or written
     ├── TrainingError              code "training_error"       training cannot proceed (no usable samples...)
     │   └── TrainingConfigError    code "invalid_training_config" a bad R-SFT / synthesis setting
     ├── EvalError                  code "eval_error"           evaluation: unknown benchmark, bad spec, resume mismatch
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from grvl_sdk.verdict import Verdict
 
 __all__ = [
+    "AuditLogError",
     "BackendError",
     "CircuitOpenError",
     "DataError",
@@ -40,6 +43,7 @@ __all__ = [
     "EvalError",
     "GRVLError",
     "GuardBlocked",
+    "GuardClosedError",
     "ImageError",
     "ImageTooLargeError",
     "InputError",
@@ -91,13 +95,27 @@ class ImageTooLargeError(ImageError):
 
 
 class ParseError(GRVLError):
-    """The guard's output holds no parseable request label (truncated, malformed, empty)."""
+    """The guard's output holds no usable verdict (truncated, malformed, empty, conflicting labels).
+
+    ``request_label`` / ``response_label``: what could still be read outside the reasoning (``None``
+    when nothing); a ``"harmful"`` there blocks whatever the fail mode.
+    """
 
     code: ClassVar[str] = "unparseable_output"
 
-    def __init__(self, message: str, *, output: str = "", **details: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        output: str = "",
+        request_label: str | None = None,
+        response_label: str | None = None,
+        **details: Any,
+    ) -> None:
         super().__init__(message, **details)
         self.output = output
+        self.request_label = request_label
+        self.response_label = response_label
 
 
 class ModelLoadError(GRVLError):
@@ -152,6 +170,26 @@ class GuardBlocked(GRVLError):
         super().__init__(f"blocked by the guard at the {stage} check ({verdict.decision}: {reason})", stage=stage)
         self.verdict = verdict
         self.stage = stage
+
+
+class GuardClosedError(GRVLError):
+    """The guard (or its backend) was closed: nothing can be judged any more.
+
+    Raised by every check of a closed guard, never turned into a verdict, so no fail mode (not even
+    ``on_error="allow"``) lets a call through a closed guard.
+    """
+
+    code: ClassVar[str] = "guard_closed"
+
+
+class AuditLogError(GRVLError):
+    """The audit log cannot be opened (a folder, no permission...) or a line could not be written.
+
+    ``details["path"]`` names the file. Raised when the guard is built, and on a failed write when the
+    log was opened with ``on_error="raise"`` (otherwise a failed write is logged at CRITICAL level).
+    """
+
+    code: ClassVar[str] = "audit_log_error"
 
 
 class EvalError(GRVLError, ValueError):

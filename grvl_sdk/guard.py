@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import os
@@ -22,9 +23,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from grvl_sdk._batching import MicroBatcher
+from grvl_sdk._batching import MicroBatcher, agenerate_isolated, generate_isolated
 from grvl_sdk._constants import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_CONTEXT_CHARS,
@@ -38,14 +40,21 @@ from grvl_sdk._constants import (
     MAX_IMAGES_PER_CHECK,
     MODEL_ENV_VAR,
 )
+from grvl_sdk._threads import DaemonPool, to_daemon_thread
 from grvl_sdk.audit import AuditLog
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
 from grvl_sdk.cache import ContentHashes, VerdictCache, content_hashes
 from grvl_sdk.conversation import conversation_input
-from grvl_sdk.errors import BackendError, DeadlineExceededError, InputError, ParseError
+from grvl_sdk.errors import (
+    BackendError,
+    DeadlineExceededError,
+    GuardClosedError,
+    InputError,
+    ParseError,
+)
 from grvl_sdk.events import VerdictHook, VerdictSink
-from grvl_sdk.images import load_images
-from grvl_sdk.parsing import parse_output
+from grvl_sdk.images import load_images, resize_to_grid
+from grvl_sdk.parsing import MAX_OUTPUT_CHARS, parse_output
 from grvl_sdk.policy import Policy, PolicyLike
 from grvl_sdk.scores import label_scores
 from grvl_sdk.verdict import Stage, Usage, Verdict, _new_id
@@ -68,6 +77,98 @@ def _accepts_deadline(method: Callable[..., Any]) -> bool:
 
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
+
+
+#: Inputs with more characters than this (or any image) are prepared, hashed and logged off the event loop.
+_HEAVY_CHARS = 1 << 16
+
+
+def _clean_text(name: str, value: Any) -> str | None:
+    """``value`` as a string that any backend can encode: lone surrogates (invalid Unicode that UTF-8
+    cannot carry) become U+FFFD, valid surrogate pairs are joined. Non-strings raise ``InputError``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be a string or None, got {type(value).__name__}", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+    return value
+
+
+def _is_heavy(item: GuardInput) -> bool:
+    return bool(item.images) or len(item.text or "") + len(item.response or "") > _HEAVY_CHARS
+
+
+def _heavy_args(text: Any, response: Any, image: Any, images: Any) -> bool:
+    """Whether preparing these ``check`` arguments is CPU work worth a worker thread."""
+    if image is not None or images is not None:
+        return True
+    return sum(len(v) for v in (text, response) if isinstance(v, str)) > _HEAVY_CHARS
+
+
+def _check_item(item: Any) -> GuardInput:
+    if not isinstance(item, GuardInput):
+        raise InputError(f"expected a GuardInput (see Guard.prepare), got {type(item).__name__}")
+    return item
+
+
+def _checked_generations(generations: Any, items: Sequence[GuardInput]) -> list[Generation]:
+    """The backend's outputs, or a ``BackendError`` when they are not one ``Generation`` per input."""
+    if not isinstance(generations, (list, tuple)) or not all(isinstance(g, Generation) for g in generations):
+        raise BackendError(f"the backend must return a list of Generation, got {type(generations).__name__}")
+    if len(generations) != len(items):
+        raise BackendError(f"the backend returned {len(generations)} outputs for {len(items)} inputs")
+    return list(generations)
+
+
+#: What a worker pool does, for deadline messages.
+_DOING = {"prepare": "preparing the input (image loading, hashing)", "generate": "generating"}
+
+
+async def _await_within(awaitable: Any, deadline: float | None, doing: str) -> Any:
+    """Await ``awaitable`` until ``deadline``; then :class:`DeadlineExceededError`, the work cancelled
+    and never waited for (a backend ignoring cancellation cannot hold the caller). A ``CancelledError``
+    raised by the work itself (not by cancelling the caller) becomes a :class:`BackendError`."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=None if deadline is None else _remaining(deadline))
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task not in done:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise DeadlineExceededError(f"deadline passed while {doing}")
+    if task.cancelled():
+        raise BackendError(f"the guard's work was cancelled while {doing}")
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, Exception) and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise BackendError(f"the backend raised {type(exc).__name__}: {exc}") from exc
+    return task.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """An input ready to judge: the prepared input, its cache key and hashes, and a cached judgement."""
+
+    item: GuardInput
+    key: str | None = None
+    hashes: ContentHashes | None = None
+    cached: Verdict | None = None
 
 
 class Guard:
@@ -100,12 +201,16 @@ class Guard:
         audit_log: AuditLog | str | os.PathLike[str] | None = None,
         on_verdict: VerdictHook | Sequence[VerdictHook] | None = None,
     ) -> None:
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        if context_chars < 0:
-            raise InputError(f"context_chars must be >= 0, got {context_chars}")
+        _check_int("max_new_tokens", max_new_tokens, 1)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("context_chars", context_chars, 0)
+        _check_int("max_image_pixels", max_image_pixels, 1)
+        _check_int("cache_size", cache_size, 0)
+        _check_int("max_batch_size", max_batch_size, 1)
+        if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < 60_000:
+            raise InputError(f"max_wait_ms must be a number of milliseconds in [0, 60000), got {max_wait_ms!r}")
+        if not isinstance(backend, Backend):
+            raise InputError(f"backend must be a grvl_sdk Backend, got {type(backend).__name__}")
         self._backend = backend
         self.max_new_tokens = max_new_tokens
         self.max_image_pixels = max_image_pixels
@@ -133,8 +238,9 @@ class Guard:
         self._sink = VerdictSink(audit_log, hooks)
         self._sync_deadline = _accepts_deadline(backend.generate)
         self._async_deadline = _accepts_deadline(backend.agenerate)
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executors: dict[str, DaemonPool] = {}
         self._executor_lock = threading.Lock()
+        self._closed = False
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -273,11 +379,17 @@ class Guard:
     def prepare(
         self, text: str | None = None, image: Any = None, *, response: str | None = None, images: Any = None
     ) -> GuardInput:
-        """Validate and load one input (images decoded, oriented, RGB)."""
-        for name, value in (("text", text), ("response", response)):
-            if value is not None and not isinstance(value, str):
-                raise InputError(f"{name} must be a string or None, got {type(value).__name__}", field=name)
+        """Validate and load one input (images decoded, oriented, RGB).
+
+        Text that UTF-8 cannot carry (lone surrogates) is repaired to U+FFFD, the same for every
+        backend. Raises :class:`InputError` (:class:`~grvl_sdk.errors.ImageError` for images).
+        """
+        text = _clean_text("text", text)
+        response = _clean_text("response", response)
         loaded = load_images(image, images, max_image_pixels=self.max_image_pixels)
+        bounds = self._backend.image_bounds
+        if bounds is not None:  # the one resize to the model's grid: the backend then changes nothing
+            loaded = [resize_to_grid(im, min_pixels=bounds[0], max_pixels=bounds[1]) for im in loaded]
         if not text and not loaded:
             raise InputError("nothing to check: give a request text, an image, or both", field="text")
         if len(loaded) > MAX_IMAGES_PER_CHECK:
@@ -306,13 +418,15 @@ class Guard:
         """Judge a request (text and/or images) and, if given, the AI's response to it.
 
         Never raises for a guard failure: a backend error, an unparseable output or an expired
-        deadline gives a failed verdict whose ``decision`` is the policy's fail mode. Bad arguments
-        raise :class:`InputError`.
+        deadline gives a failed verdict whose ``decision`` is the policy's fail mode. The policy's
+        ``deadline`` covers the whole call (image loading included). Bad arguments raise
+        :class:`InputError`; a closed guard raises :class:`~grvl_sdk.errors.GuardClosedError`.
         """
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        item = self.prepare(text, image, response=response, images=images)
-        return self._run(item, active, budget, deadline, started)
+        heavy = _heavy_args(text, response, image, images)
+        return self._run(lambda: self.prepare(text, image, response=response, images=images), heavy,
+                         active, budget, deadline, started)[0]  # fmt: skip
 
     async def acheck(
         self,
@@ -324,14 +438,13 @@ class Guard:
         max_new_tokens: int | None = None,
         policy: PolicyLike | None = None,
     ) -> Verdict:
-        """Async twin of :meth:`check`; decoding and generation run off the event loop."""
+        """Async twin of :meth:`check`; image decoding, hashing, generation and the parsing of long
+        outputs run off the event loop."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        if image is None and not images:
-            item = self.prepare(text, response=response)
-        else:
-            item = await asyncio.to_thread(self.prepare, text, image, response=response, images=images)
-        return await self._arun(item, active, budget, deadline, started)
+        heavy = _heavy_args(text, response, image, images)
+        return (await self._arun(lambda: self.prepare(text, image, response=response, images=images), heavy,
+                                 active, budget, deadline, started))[0]  # fmt: skip
 
     def check_conversation(
         self,
@@ -346,8 +459,8 @@ class Guard:
         :mod:`grvl_sdk.conversation` for how a chat is reduced to one request."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        item = self.prepare_conversation(messages, context_chars=context_chars)
-        return self._run(item, active, budget, deadline, started)
+        return self._run(lambda: self.prepare_conversation(messages, context_chars=context_chars), True,
+                         active, budget, deadline, started)[0]  # fmt: skip
 
     async def acheck_conversation(
         self,
@@ -360,12 +473,12 @@ class Guard:
         """Async twin of :meth:`check_conversation`."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        item = await asyncio.to_thread(self.prepare_conversation, messages, context_chars=context_chars)
-        return await self._arun(item, active, budget, deadline, started)
+        return (await self._arun(lambda: self.prepare_conversation(messages, context_chars=context_chars), True,
+                                 active, budget, deadline, started))[0]  # fmt: skip
 
     def prepare_conversation(self, messages: Sequence[Any], *, context_chars: int | None = None) -> GuardInput:
         """The ``GuardInput`` :meth:`check_conversation` judges."""
-        budget = self.context_chars if context_chars is None else context_chars
+        budget = self.context_chars if context_chars is None else _check_int("context_chars", context_chars, 0)
         chat = conversation_input(messages, context_chars=budget)
         return self.prepare(chat.text, response=chat.response, images=chat.images)
 
@@ -381,7 +494,9 @@ class Guard:
         """Judge a prepared input (see :meth:`prepare`); ``stage`` and ``call_id`` are recorded."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        return self._run(item, active, budget, deadline, started, stage=stage, call_id=call_id)
+        item = _check_item(item)
+        return self._run(lambda: item, _is_heavy(item), active, budget, deadline, started,
+                         stage=stage, call_id=call_id)[0]  # fmt: skip
 
     async def acheck_input(
         self,
@@ -395,11 +510,31 @@ class Guard:
         """Async twin of :meth:`check_input`."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        return await self._arun(item, active, budget, deadline, started, stage=stage, call_id=call_id)
+        item = _check_item(item)
+        return (await self._arun(lambda: item, _is_heavy(item), active, budget, deadline, started,
+                                 stage=stage, call_id=call_id))[0]  # fmt: skip
+
+    def _check_call(
+        self, prepare: Callable[[], GuardInput], policy: Policy, *, stage: Stage, call_id: str
+    ) -> tuple[Verdict, GuardInput | None]:
+        """For guarded calls: prepare (within the policy's deadline) and judge; also returns the prepared
+        input (``None`` when preparing ran out of time)."""
+        started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, None)
+        return self._run(prepare, True, active, budget, deadline, started, stage=stage, call_id=call_id)
+
+    async def _acheck_call(
+        self, prepare: Callable[[], GuardInput], policy: Policy, *, stage: Stage, call_id: str
+    ) -> tuple[Verdict, GuardInput | None]:
+        """Async twin of :meth:`_check_call`."""
+        started = time.perf_counter()
+        active, budget, deadline = self._settings(policy, None)
+        return await self._arun(prepare, True, active, budget, deadline, started, stage=stage, call_id=call_id)
 
     def _run(
         self,
-        item: GuardInput,
+        prepare: Callable[[], GuardInput],
+        heavy: bool,
         policy: Policy,
         budget: int,
         deadline: float | None,
@@ -407,17 +542,27 @@ class Guard:
         *,
         stage: Stage | None = None,
         call_id: str | None = None,
-    ) -> Verdict:
-        key, hashes, raw = self._lookup(item, budget)
+    ) -> tuple[Verdict, GuardInput | None]:
+        """prepare + cache lookup (host work, within the deadline) → judge → cache → decide → sink."""
+        try:
+            if deadline is None or not heavy:
+                admitted = self._admit(prepare, budget)
+            else:
+                admitted = self._within("prepare", deadline, self._admit, prepare, budget)
+        except DeadlineExceededError as exc:
+            return self._finish(self._failed(exc), None, None, policy, started, stage=stage, call_id=call_id), None
+        raw = admitted.cached
         if raw is None:
-            raw = self._judge(item, budget, deadline)
-            if key is not None:
-                self.cache.put(key, raw)
-        return self._finish(raw, item, hashes, policy, started, stage=stage, call_id=call_id)
+            raw = self._judge(admitted.item, budget, deadline)
+            if admitted.key is not None:
+                self.cache.put(admitted.key, raw)
+        verdict = self._finish(raw, admitted.item, admitted.hashes, policy, started, stage=stage, call_id=call_id)
+        return verdict, admitted.item
 
     async def _arun(
         self,
-        item: GuardInput,
+        prepare: Callable[[], GuardInput],
+        heavy: bool,
         policy: Policy,
         budget: int,
         deadline: float | None,
@@ -425,13 +570,26 @@ class Guard:
         *,
         stage: Stage | None = None,
         call_id: str | None = None,
-    ) -> Verdict:
-        key, hashes, raw = self._lookup(item, budget)
+    ) -> tuple[Verdict, GuardInput | None]:
+        """Async twin of :meth:`_run`: CPU-heavy steps in worker threads, never on the event loop."""
+        try:
+            if heavy:
+                admitted = await _await_within(to_daemon_thread(self._admit, prepare, budget), deadline, "preparing")
+            else:
+                admitted = self._admit(prepare, budget)
+        except DeadlineExceededError as exc:
+            return self._finish(self._failed(exc), None, None, policy, started, stage=stage, call_id=call_id), None
+        raw = admitted.cached
         if raw is None:
-            raw = await self._ajudge(item, budget, deadline)
-            if key is not None:
-                self.cache.put(key, raw)
-        return self._finish(raw, item, hashes, policy, started, stage=stage, call_id=call_id)
+            raw = await self._ajudge(admitted.item, budget, deadline)
+            if admitted.key is not None:
+                self.cache.put(admitted.key, raw)
+        finish = functools.partial(
+            self._finish, raw, admitted.item, admitted.hashes, policy, started, stage=stage, call_id=call_id
+        )
+        if heavy or self._sink.audit_log is not None:  # hashing for the audit line, disk writes
+            return await asyncio.to_thread(finish), admitted.item
+        return finish(), admitted.item
 
     def check_batch(
         self,
@@ -443,28 +601,27 @@ class Guard:
     ) -> list[Verdict]:
         """Check many inputs (dicts of ``check``'s keyword arguments) with batched generation, in order.
 
-        The policy's deadline covers the whole call."""
+        The policy's deadline covers the whole call. An input that makes the backend fail is retried
+        alone, so it fails only its own verdict."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        items = self._prepare_many(inputs)
-        looked = [self._lookup(item, budget) for item in items]
-        raws: list[Verdict | None] = [raw for _, _, raw in looked]
+        size = self.batch_size if batch_size is None else _check_int("batch_size", batch_size, 1)
+        try:
+            admitted = self._within("prepare", deadline, self._admit_many, inputs, budget) if deadline else \
+                self._admit_many(inputs, budget)  # fmt: skip
+        except DeadlineExceededError as exc:
+            return [self._finish(self._failed(exc), None, None, active, started, stage=None, call_id=None)
+                    for _ in range(len(inputs))]  # fmt: skip
+        raws: list[Verdict | None] = [a.cached for a in admitted]
         missing = [i for i, raw in enumerate(raws) if raw is None]
-        size = batch_size or self.batch_size
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
-            try:
-                generations = self._generate([items[i] for i in chunk], budget, deadline)
-                judged = [self._verdict(items[i], gen) for i, gen in zip(chunk, generations, strict=True)]
-            except InputError:
-                raise
-            except Exception as exc:
-                failed = self._failed(exc)
-                judged = [failed.model_copy(update={"id": _new_id()}) for _ in chunk]
-            self._store(chunk, judged, raws, looked)
+            items = [admitted[i].item for i in chunk]
+            outcomes = generate_isolated(lambda part: self._generate(part, budget, deadline), items)
+            self._store(chunk, items, outcomes, raws, admitted)
         return [
-            self._finish(raw, item, hashes, active, started, stage=None, call_id=None)  # type: ignore[arg-type]
-            for raw, item, (_, hashes, _) in zip(raws, items, looked, strict=True)
+            self._finish(raw, a.item, a.hashes, active, started, stage=None, call_id=None)  # type: ignore[arg-type]
+            for raw, a in zip(raws, admitted, strict=True)
         ]
 
     async def acheck_batch(
@@ -478,44 +635,47 @@ class Guard:
         """Async twin of :meth:`check_batch`."""
         started = time.perf_counter()
         active, budget, deadline = self._settings(policy, max_new_tokens)
-        items = await asyncio.to_thread(self._prepare_many, inputs)
-        looked = [self._lookup(item, budget) for item in items]
-        raws: list[Verdict | None] = [raw for _, _, raw in looked]
+        size = self.batch_size if batch_size is None else _check_int("batch_size", batch_size, 1)
+        try:
+            admitted = await _await_within(to_daemon_thread(self._admit_many, inputs, budget), deadline, "preparing")
+        except DeadlineExceededError as exc:
+            return [self._finish(self._failed(exc), None, None, active, started, stage=None, call_id=None)
+                    for _ in range(len(inputs))]  # fmt: skip
+        raws: list[Verdict | None] = [a.cached for a in admitted]
         missing = [i for i, raw in enumerate(raws) if raw is None]
-        size = batch_size or self.batch_size
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
-            try:
-                generations = await self._agenerate([items[i] for i in chunk], budget, deadline)
-                judged = [self._verdict(items[i], gen) for i, gen in zip(chunk, generations, strict=True)]
-            except InputError:
-                raise
-            except Exception as exc:
-                failed = self._failed(exc)
-                judged = [failed.model_copy(update={"id": _new_id()}) for _ in chunk]
-            self._store(chunk, judged, raws, looked)
-        return [
-            self._finish(raw, item, hashes, active, started, stage=None, call_id=None)  # type: ignore[arg-type]
-            for raw, item, (_, hashes, _) in zip(raws, items, looked, strict=True)
-        ]
+            items = [admitted[i].item for i in chunk]
+            outcomes = await agenerate_isolated(lambda part: self._agenerate(part, budget, deadline), items)
+            await asyncio.to_thread(self._store, chunk, items, outcomes, raws, admitted)
+        return await asyncio.to_thread(
+            lambda: [
+                self._finish(raw, a.item, a.hashes, active, started, stage=None, call_id=None)  # type: ignore[arg-type]
+                for raw, a in zip(raws, admitted, strict=True)
+            ]
+        )
 
     def _store(
         self,
         chunk: list[int],
-        judged: list[Verdict],
+        items: list[GuardInput],
+        outcomes: list[Generation | Exception],
         raws: list[Verdict | None],
-        looked: list[tuple[str | None, ContentHashes | None, Verdict | None]],
+        admitted: list[_Admitted],
     ) -> None:
-        for index, raw in zip(chunk, judged, strict=True):
+        """Turn a chunk's outcomes into judgements (a backend ``InputError`` is the caller's: raised)."""
+        for index, item, outcome in zip(chunk, items, outcomes, strict=True):
+            if isinstance(outcome, (InputError, GuardClosedError)):
+                raise outcome
+            raw = self._failed(outcome) if isinstance(outcome, BaseException) else self._verdict(item, outcome)
             raws[index] = raw
-            key = looked[index][0]
-            if key is not None:
-                self.cache.put(key, raw)
+            if admitted[index].key is not None:
+                self.cache.put(admitted[index].key, raw)  # type: ignore[arg-type]
 
-    def _prepare_many(self, inputs: Sequence[Mapping[str, Any]]) -> list[GuardInput]:
-        if isinstance(inputs, (str, bytes, Mapping)):
+    def _admit_many(self, inputs: Sequence[Mapping[str, Any]], budget: int) -> list[_Admitted]:
+        if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Sequence):
             raise InputError("check_batch takes a list of dicts like {'text': ..., 'image': ...}")
-        items: list[GuardInput] = []
+        admitted: list[_Admitted] = []
         for index, spec in enumerate(inputs):
             if not isinstance(spec, Mapping):
                 raise InputError(f"check_batch input {index} must be a dict, got {type(spec).__name__}", index=index)
@@ -526,38 +686,47 @@ class Guard:
                     index=index,
                 )
             try:
-                items.append(self.prepare(**spec))
+                admitted.append(self._admit(lambda spec=spec: self.prepare(**spec), budget))
             except InputError as exc:
                 raise type(exc)(f"check_batch input {index}: {exc.message}", index=index, **exc.details) from exc
-        return items
+        return admitted
 
     # -- policy, cache, deadline -------------------------------------------------------------
     def _settings(self, policy: PolicyLike | None, max_new_tokens: int | None) -> tuple[Policy, int, float | None]:
-        """(the call's policy, its generation budget, its deadline as a ``time.monotonic()`` value)."""
+        """(the call's policy, its generation budget, its deadline as a ``time.monotonic()`` value).
+
+        Raises :class:`GuardClosedError` on a closed guard, :class:`InputError` on bad settings."""
+        self._ensure_open()
         active = self.policy.merged(policy)
-        budget = max_new_tokens or active.max_new_tokens or self.max_new_tokens
-        if budget < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {budget}")
+        if max_new_tokens is not None:
+            budget = _check_int("max_new_tokens", max_new_tokens, 1)
+        else:
+            budget = self.max_new_tokens if active.max_new_tokens is None else active.max_new_tokens
         deadline = None if active.deadline is None else time.monotonic() + active.deadline
         return active, budget, deadline
 
-    def _lookup(self, item: GuardInput, budget: int) -> tuple[str | None, ContentHashes | None, Verdict | None]:
-        """(cache key, content hashes, cached judgement); hashing is skipped when nothing needs it."""
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise GuardClosedError("the guard is closed: create a new Guard to check more inputs")
+
+    def _admit(self, prepare: Callable[[], GuardInput], budget: int) -> _Admitted:
+        """Prepare one input and look it up in the cache (hashing is skipped when nothing needs it)."""
+        item = prepare()
         if not self.cache.enabled and self._sink.audit_log is None:
-            return None, None, None
+            return _Admitted(item)
         hashes = content_hashes(item)
         if not self.cache.enabled:
-            return None, hashes, None
+            return _Admitted(item, hashes=hashes)
         key = hashes.key(self.model_id, self._backend.cache_settings, budget)
         hit = self.cache.get(key)
         if hit is not None:
             hit = hit.model_copy(update={"cached": True, "id": _new_id()})
-        return key, hashes, hit
+        return _Admitted(item, key, hashes, hit)
 
     def _finish(
         self,
         raw: Verdict,
-        item: GuardInput,
+        item: GuardInput | None,
         hashes: ContentHashes | None,
         policy: Policy,
         started: float,
@@ -571,58 +740,67 @@ class Guard:
         return verdict
 
     # -- generation --------------------------------------------------------------------------
+    def _within(self, pool: str, deadline: float | None, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in a worker thread, given up at ``deadline``: the caller gets
+        :class:`DeadlineExceededError` then, and a late result is dropped."""
+        if deadline is None:
+            return fn(*args, **kwargs)
+        with self._executor_lock:
+            self._ensure_open()
+            executor = self._executors.get(pool)
+            if executor is None:
+                executor = self._executors[pool] = DaemonPool(f"grvl-{pool}")
+        future = executor.submit(fn, *args, **kwargs)
+        try:
+            return future.result(timeout=_remaining(deadline))
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise
+            future.cancel()
+            raise DeadlineExceededError(f"deadline passed while {_DOING[pool]}") from None
+
     def _generate(self, items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
-        """Run the backend once, within the deadline (natively if the backend takes one)."""
+        """Run the backend once, within the deadline (also passed to a backend that takes one)."""
+        self._ensure_open()
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceededError("deadline passed before generation started")
-        if deadline is None:
-            generations = self._backend.generate(items, max_new_tokens=budget)
-        elif self._sync_deadline:
-            generations = self._backend.generate(items, max_new_tokens=budget, deadline=deadline)
-        else:
-            with self._executor_lock:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="grvl-deadline")
-            future = self._executor.submit(self._backend.generate, items, max_new_tokens=budget)
-            try:
-                generations = future.result(timeout=_remaining(deadline))
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                raise DeadlineExceededError("no guard output within the deadline") from None
-        if len(generations) != len(items):
-            raise BackendError(f"the backend returned {len(generations)} outputs for {len(items)} inputs")
-        return generations
+        kwargs: dict[str, Any] = {"max_new_tokens": budget}
+        if deadline is not None and self._sync_deadline:
+            kwargs["deadline"] = deadline
+        try:
+            generations = self._within("generate", deadline, self._backend.generate, items, **kwargs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            raise
+        except BaseException as exc:  # e.g. a CancelledError raised inside a backend
+            raise BackendError(f"the backend raised {type(exc).__name__}: {exc}") from exc
+        return _checked_generations(generations, items)
 
     async def _agenerate(self, items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
+        self._ensure_open()
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceededError("deadline passed before generation started")
-        if deadline is None:
-            generations = await self._backend.agenerate(items, max_new_tokens=budget)
-        else:
-            if self._async_deadline:
-                call = self._backend.agenerate(items, max_new_tokens=budget, deadline=deadline)  # type: ignore[call-arg]
-            else:
-                call = self._backend.agenerate(items, max_new_tokens=budget)
-            try:
-                generations = await asyncio.wait_for(call, _remaining(deadline))
-            except asyncio.TimeoutError:
-                raise DeadlineExceededError("no guard output within the deadline") from None
-        if len(generations) != len(items):
-            raise BackendError(f"the backend returned {len(generations)} outputs for {len(items)} inputs")
-        return generations
+        kwargs: dict[str, Any] = {"max_new_tokens": budget}
+        if deadline is not None and self._async_deadline:
+            kwargs["deadline"] = deadline
+        generations = await _await_within(self._backend.agenerate(items, **kwargs), deadline, "generating")
+        return _checked_generations(generations, items)
 
     def _judge(self, item: GuardInput, budget: int, deadline: float | None) -> Verdict:
         try:
             if self._batcher is None:
                 generation = self._generate([item], budget, deadline)[0]
             else:
-                future = self._batcher.submit(item, max_new_tokens=budget, deadline=deadline)
+                future = self._submit(item, budget, deadline)
                 try:
                     generation = future.result(timeout=None if deadline is None else _remaining(deadline))
                 except concurrent.futures.TimeoutError:
+                    if future.done():
+                        raise
                     future.cancel()
                     raise DeadlineExceededError("no guard output within the deadline (queued or generating)") from None
-        except InputError:
+        except (InputError, GuardClosedError):
             raise
         except Exception as exc:
             return self._failed(exc)
@@ -633,16 +811,22 @@ class Guard:
             if self._batcher is None:
                 generation = (await self._agenerate([item], budget, deadline))[0]
             else:
-                future = asyncio.wrap_future(self._batcher.submit(item, max_new_tokens=budget, deadline=deadline))
-                try:
-                    generation = await asyncio.wait_for(future, None if deadline is None else _remaining(deadline))
-                except asyncio.TimeoutError:
-                    raise DeadlineExceededError("no guard output within the deadline (queued or generating)") from None
-        except InputError:
+                future = asyncio.wrap_future(self._submit(item, budget, deadline))
+                generation = await _await_within(future, deadline, "queued or generating")
+        except (InputError, GuardClosedError):
             raise
         except Exception as exc:
             return self._failed(exc)
+        if len(generation.text) > _HEAVY_CHARS:
+            return await asyncio.to_thread(self._verdict, item, generation)
         return self._verdict(item, generation)
+
+    def _submit(self, item: GuardInput, budget: int, deadline: float | None) -> concurrent.futures.Future[Generation]:
+        assert self._batcher is not None
+        try:
+            return self._batcher.submit(item, max_new_tokens=budget, deadline=deadline)
+        except RuntimeError as exc:  # closed meanwhile
+            raise GuardClosedError(f"the guard is closed: {exc}") from exc
 
     # -- output -> verdict -------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> Verdict:
@@ -651,8 +835,10 @@ class Guard:
         return Verdict.from_error(exc, model=self.model_id)
 
     def _verdict(self, item: GuardInput, generation: Generation) -> Verdict:
+        """The judgement of one output; an output without a usable verdict gives a failed verdict that
+        keeps the labels read outside the reasoning (a ``harmful`` among them still blocks)."""
         common: dict[str, Any] = {
-            "raw_output": generation.text,
+            "raw_output": generation.text[:MAX_OUTPUT_CHARS],  # longer outputs are refused unread anyway
             "model": self.model_id,
             "usage": Usage(
                 prompt_tokens=generation.prompt_tokens,
@@ -665,15 +851,18 @@ class Guard:
         except ParseError as exc:
             if not generation.finished:
                 exc = ParseError(
-                    f"guard output truncated at max_new_tokens before a verdict ({exc.message})",
-                    output=generation.text,
+                    f"guard output cut at max_new_tokens before a verdict: {exc.message}",
+                    output=exc.output,
+                    request_label=exc.request_label,
+                    response_label=exc.response_label,
                 )
-            return Verdict.from_error(exc, **common)
+            response = exc.response_label if item.response is not None else None
+            return Verdict.from_error(exc, request_label=exc.request_label, response_label=response, **common)
         if item.response is not None and parsed.response_label is None:
             error = ParseError(
                 "a response was given but the guard output has no response label", output=generation.text
             )
-            return Verdict.from_error(error, reasoning=parsed.reasoning, **common)
+            return Verdict.from_error(error, request_label=parsed.request_label, reasoning=parsed.reasoning, **common)
         response_label = parsed.response_label if item.response is not None else None
         request_score, response_score = label_scores(generation.logprobs)
         return Verdict.from_labels(
@@ -700,19 +889,31 @@ class Guard:
         return wrap(self, fn, **options)
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: every check then raises :class:`GuardClosedError`."""
+        return self._closed
+
     def close(self) -> None:
-        """Release the backend's resources, stop the micro-batcher and close an audit log it opened."""
+        """Release the backend's resources, stop the micro-batcher and close an audit log it opened.
+
+        Idempotent. Afterwards every check raises :class:`GuardClosedError`."""
+        with self._executor_lock:
+            if self._closed:
+                return
+            self._closed = True
+            executors, self._executors = self._executors, {}
         if self._batcher is not None:
             self._batcher.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for executor in executors.values():
+            executor.shutdown()
         self._backend.close()
         self._sink.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close` (also closes a remote backend's async connections)."""
         aclose = getattr(self._backend, "aclose", None)
-        if aclose is not None:
+        if aclose is not None and not self._closed:
             await aclose()
         await asyncio.to_thread(self.close)
 

@@ -1,34 +1,72 @@
-"""Turning whatever the caller passes as an image into an RGB PIL image.
+"""Turning whatever the caller passes as an image into an RGB PIL image, and the one resize rule.
 
 Accepted: a file path (``str`` or ``pathlib.Path``), raw bytes, a PIL image, a base64 string, or a
 ``data:image/...;base64,`` URL. Remote URLs are refused (download them yourself: fetching arbitrary
-URLs from a guard is a server-side request forgery risk). Images are EXIF-oriented, converted to RGB
-(transparency composited on white) and checked against a decompression-bomb limit.
+URLs from a guard is a server-side request forgery risk). Images are EXIF-oriented, converted to 8-bit
+RGB and checked against a decompression-bomb limit. Every failure is an :class:`ImageError`.
+
+Files: only regular files are read. A path is opened non-blocking and checked on the open descriptor,
+so a FIFO, a device (``/dev/zero``), a directory or a socket is refused at once instead of blocking or
+reading forever, and nothing can swap the file between the check and the read.
+
+Pixel modes, converted faithfully to 8-bit RGB (``round`` below means round half up) or refused:
+
+* ``RGB``: kept. ``1``, ``L``, ``RGBX``, ``CMYK``, ``YCbCr``, ``HSV``: PIL's own conversion.
+* ``LAB``: CIE L*a*b* (D50) to sRGB with LittleCMS (:mod:`PIL.ImageCms`); refused if it is not built in.
+* Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with an RGBA palette, a transparent colour of ``P``,
+  ``L``, ``RGB`` or 16-bit images) is composited on white; premultiplied ``RGBa`` / ``La`` are
+  un-premultiplied first.
+* 16-bit integer (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, any ``I;...``) and 32-bit integer ``I``:
+  values in 0..65535 map to ``round(v * 255 / 65535)`` (so 65535 -> 255 and 257*k -> k: a 16-bit copy
+  of an 8-bit picture loads identically). Pillow opens 16-bit PNG/TIFF as ``I;16`` or ``I``; an ``I``
+  image holding 0..255 is scaled like any other (so it comes out dark). Values below 0 or above 65535
+  are refused: they have no standard display mapping. (16-bit RGB/RGBA PNGs are different: Pillow
+  decodes them to 8-bit ``RGB``/``RGBA`` itself, keeping each sample's high byte, ``v >> 8``, which is
+  within 1 of the formula.)
+* 32-bit float ``F`` (needs numpy): NaN or infinity is refused; if every value is in [0, 1] the value
+  is ``round(v * 255)``; else if every value is in [0, 255], ``round(v)``; else if every value is in
+  [0, 65535], ``round(v * 255 / 65535)``; else (negative or larger) refused.
+* Any other mode is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
+import functools
 import io
+import math
 import os
 import re
+import stat
 import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from grvl_sdk._constants import DEFAULT_MAX_IMAGE_PIXELS, MAX_ASPECT_RATIO
-from grvl_sdk.errors import ImageError, ImageTooLargeError
+from grvl_sdk.errors import ImageError, ImageTooLargeError, InputError
 
-__all__ = ["ImageInput", "encode_data_url", "load_image", "load_images"]
+__all__ = ["ImageInput", "encode_data_url", "load_image", "load_images", "resize_to_grid", "smart_resize"]
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w=.+-]+)*?)(?P<b64>;base64)?,", re.I)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+_MAX_PATH_CHARS = 4096
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_WHITE = (255, 255, 255)
+_PIL_CONVERTS = frozenset({"1", "L", "RGBX", "CMYK", "YCbCr", "HSV"})
+_MAX_16BIT = 65535
+
+
+# -- sources --------------------------------------------------------------------------------------
 
 
 def _decode_base64(data: str, what: str) -> bytes:
@@ -41,7 +79,27 @@ def _decode_base64(data: str, what: str) -> bytes:
         raise ImageError(f"{what} is not valid base64: {exc}") from exc
 
 
+def _looks_like_path(value: str) -> bool:
+    """A short string with a path separator or an image file suffix: a missing file, not bad base64."""
+    return len(value) < _MAX_PATH_CHARS and ("/" in value or "\\" in value or value.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def _existing_path(value: str) -> Path | None:
+    """``value`` as a path when something exists there (of any file type), else ``None``."""
+    if not value.strip() or len(value) >= _MAX_PATH_CHARS or "\x00" in value:
+        return None
+    try:
+        path = Path(value).expanduser()
+        path.stat()
+    except PermissionError:
+        return path  # reported when opened
+    except (OSError, RuntimeError, ValueError):  # missing, name too long, "~user" with no such user
+        return None
+    return path
+
+
 def _bytes_from_string(value: str) -> tuple[bytes | None, Path | None]:
+    """``(data, None)`` for a data: URL or base64, ``(None, path)`` for an existing path."""
     match = _DATA_URL.match(value)
     if match:
         payload = value[match.end() :]
@@ -52,16 +110,49 @@ def _bytes_from_string(value: str) -> tuple[bytes | None, Path | None]:
         raise ImageError(
             "image URLs are not fetched by the guard; download the image and pass its bytes, path or a data: URL"
         )
-    if len(value) < 4096 and ("\x00" not in value):
-        try:
-            path = Path(value).expanduser()
-            if path.is_file():
-                return None, path
-        except (OSError, RuntimeError, ValueError):  # e.g. "~user" with no such user
-            pass
+    if not value.strip():
+        raise ImageError("image string is empty")
+    path = _existing_path(value)
+    if path is not None:
+        return None, path
     if len(value) >= 16 and _BASE64_CHARS.match(value):
-        return _decode_base64(value, "the image string"), None
+        try:
+            return _decode_base64(value, "the image string"), None
+        except ImageError:
+            if not _looks_like_path(value):
+                raise
+    if _looks_like_path(value):
+        raise ImageError(f"image file not found: {value}")
     raise ImageError(f"image string is neither an existing file, a data: URL nor base64: {value[:80]!r}")
+
+
+@contextlib.contextmanager
+def _regular_file(path: str | bytes) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading if it is a regular file; refuse FIFOs, devices, directories, sockets.
+
+    The open is non-blocking (a FIFO with no writer would block ``open()`` forever) and the type is
+    checked on the open descriptor, so the file checked is the file read.
+    """
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError as exc:
+        raise ImageError(f"image file not found: {name}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO/device with nothing behind it
+            raise ImageError(f"image path {name} is not a regular file") from exc
+        raise ImageError(f"cannot open image file {name}: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+            raise ImageError(f"image path {name} is not a regular file ({kind})")
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        yield file
 
 
 def _check_size(image: Image.Image, max_image_pixels: int) -> None:
@@ -75,7 +166,7 @@ def _check_size(image: Image.Image, max_image_pixels: int) -> None:
         )
 
 
-def _open(data: bytes | Path, max_image_pixels: int) -> Image.Image:
+def _open(data: bytes | IO[bytes], max_image_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,12 +178,104 @@ def _open(data: bytes | Path, max_image_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except FileNotFoundError as exc:
-        raise ImageError(f"image file not found: {data}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageError(f"cannot read image: {type(exc).__name__}: {exc}") from exc
     except (MemoryError, OverflowError, RuntimeError, ZeroDivisionError, struct.error) as exc:
         raise ImageError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
+
+
+# -- pixel modes ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _lut_16bit() -> list[int]:
+    """``round(v * 255 / 65535)`` for v in 0..65535, in integers (there are no ties to break)."""
+    return [(v * 255 + _MAX_16BIT // 2) // _MAX_16BIT for v in range(_MAX_16BIT + 1)]
+
+
+def _from_integer(image: Image.Image) -> Image.Image:
+    """``I`` / ``I;16*`` -> RGB: 0..65535 scaled by 255/65535 and rounded; anything else refused.
+
+    A transparent value (``info["transparency"]``, as 16-bit PNGs carry) is composited on white.
+    """
+    wide = image if image.mode == "I" else image.convert("I")
+    low, high = wide.getextrema()
+    if low < 0 or high > _MAX_16BIT:
+        raise ImageError(
+            f"integer image has values {low}..{high}, outside 0..{_MAX_16BIT}: no standard mapping to 8 bits"
+        )
+    gray = wide.point(_lut_16bit(), "L")
+    key = image.info.get("transparency")
+    if isinstance(key, int) and 0 <= key <= _MAX_16BIT:
+        alpha = wide.point([0 if value == key else 255 for value in range(_MAX_16BIT + 1)], "L")
+        return _on_white(Image.merge("LA", (gray, alpha)))
+    return gray.convert("RGB")
+
+
+def _from_float(image: Image.Image) -> Image.Image:
+    """``F`` -> RGB by the range rule of the module docstring (exact round half up, in float64)."""
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise ImageError("32-bit float ('F') images need numpy to be converted; install numpy") from exc
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageError("float image has NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > _MAX_16BIT:
+        raise ImageError(f"float image has values {low:g}..{high:g}, outside 0..{_MAX_16BIT}: no standard mapping")
+    if high <= 1:
+        values *= 255
+    elif high > 255:
+        values *= 255
+        values /= _MAX_16BIT
+    values += 0.5
+    np.floor(values, out=values)
+    np.clip(values, 0, 255, out=values)
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+
+
+def _from_lab(image: Image.Image) -> Image.Image:
+    try:
+        from PIL import ImageCms
+    except ImportError as exc:
+        raise ImageError("LAB images need Pillow built with LittleCMS (PIL.ImageCms), which is missing") from exc
+    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+    return ImageCms.applyTransform(image, transform)  # type: ignore[return-value]
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGB", rgba.size, _WHITE)
+    canvas.paste(rgba, mask=rgba.getchannel("A"))
+    return canvas
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB by the rules of the module docstring, or :class:`ImageError`."""
+    mode = image.mode
+    if mode in ("RGB", "L") and "transparency" in image.info:  # a transparent colour (PNG tRNS)
+        return _on_white(image)
+    if mode == "RGB":
+        return image
+    if mode in _PIL_CONVERTS:
+        return image.convert("RGB")
+    if mode == "P":
+        palette_mode = image.palette.mode if image.palette is not None else "RGB"
+        if "transparency" in image.info or palette_mode == "RGBA":
+            return _on_white(image)
+        return image.convert("RGB")
+    if mode in ("RGBA", "LA", "PA"):
+        return _on_white(image)
+    if mode in ("RGBa", "La"):  # premultiplied alpha: PIL un-premultiplies when converting
+        return _on_white(image.convert("RGBA" if mode == "RGBa" else "LA"))
+    if mode == "LAB":
+        return _from_lab(image)
+    if mode == "I" or mode.startswith("I;"):
+        return _from_integer(image)
+    if mode == "F":
+        return _from_float(image)
+    raise ImageError(f"unsupported image mode {mode!r}")
 
 
 def _normalise(image: Image.Image, max_image_pixels: int) -> Image.Image:
@@ -109,47 +292,68 @@ def _normalise(image: Image.Image, max_image_pixels: int) -> Image.Image:
             f"image aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1, which the vision encoder cannot take"
         )
     try:
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA"):
-            canvas = Image.new("RGB", image.size, (255, 255, 255))
-            canvas.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-            return canvas
-        return image.convert("RGB") if image.mode != "RGB" else image
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot convert image to RGB: {exc}") from exc
+        return _to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as exc:  # PIL raises many types on odd or corrupt data
+        raise ImageError(f"cannot convert {image.mode} image to RGB: {type(exc).__name__}: {exc}") from exc
 
 
-def load_image(
-    source: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_pixels: int | None = None
-) -> Image.Image:
-    """Load ``source`` as an RGB PIL image.
+# -- loading --------------------------------------------------------------------------------------
 
-    ``max_image_pixels`` rejects larger images (decompression bombs) with :class:`ImageTooLargeError`.
-    ``max_pixels``, when given, shrinks the image (keeping its aspect ratio) to at most that many pixels.
-    Raises :class:`ImageError` for anything unreadable.
-    """
-    if isinstance(source, Image.Image):
-        image = source
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        if not source:
-            raise ImageError("image bytes are empty")
-        image = _open(bytes(source), max_image_pixels)
-    elif isinstance(source, os.PathLike):
-        image = _open(Path(source), max_image_pixels)
-    elif isinstance(source, str):
-        data, path = _bytes_from_string(source)
-        image = _open(data if data is not None else path, max_image_pixels)  # type: ignore[arg-type]
-    else:
-        raise ImageError(
-            f"unsupported image type {type(source).__name__}: pass a path, bytes, a PIL image, base64 or a data: URL"
-        )
+
+def _finish(image: Image.Image, max_image_pixels: int, max_pixels: int | None) -> Image.Image:
     image = _normalise(image, max_image_pixels)
     if max_pixels is not None and image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     return image
+
+
+def _load_file(path: str | bytes, max_image_pixels: int, max_pixels: int | None) -> Image.Image:
+    with _regular_file(path) as file:  # kept open until converted: multi-frame files read lazily
+        return _finish(_open(file, max_image_pixels), max_image_pixels, max_pixels)
+
+
+def load_image(
+    source: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_pixels: int | None = None
+) -> Image.Image:
+    """Load ``source`` as an 8-bit RGB PIL image (pixel modes converted as the module docstring says).
+
+    ``max_image_pixels`` rejects larger images (decompression bombs) with :class:`ImageTooLargeError`.
+    ``max_pixels``, when given, shrinks the image (keeping its aspect ratio) to at most that many pixels.
+    Raises :class:`ImageError` for anything unreadable: missing or non-regular file, bad base64, corrupt
+    data, an unsupported pixel mode or value range, an aspect ratio over 200:1.
+    """
+    if isinstance(source, Image.Image):
+        return _finish(source, max_image_pixels, max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise ImageError("image bytes are empty")
+        return _finish(_open(bytes(source), max_image_pixels), max_image_pixels, max_pixels)
+    if isinstance(source, os.PathLike):
+        try:
+            path = os.fspath(source)
+        except TypeError as exc:
+            raise ImageError(f"bad image path: {exc}") from exc
+        return _load_file(path, max_image_pixels, max_pixels)
+    if isinstance(source, str):
+        data, found = _bytes_from_string(source)
+        if found is not None:
+            return _load_file(str(found), max_image_pixels, max_pixels)
+        try:
+            image = _open(data, max_image_pixels)  # type: ignore[arg-type]
+        except ImageTooLargeError:
+            raise
+        except ImageError as exc:
+            if _looks_like_path(source) and not _DATA_URL.match(source):
+                raise ImageError(f"image file not found: {source} (nor is it base64 image data: {exc})") from exc
+            raise
+        return _finish(image, max_image_pixels, max_pixels)
+    raise ImageError(
+        f"unsupported image type {type(source).__name__}: pass a path, bytes, a PIL image, base64 or a data: URL"
+    )
 
 
 def load_images(
@@ -175,3 +379,53 @@ def encode_data_url(image: Image.Image, *, format: str = "PNG") -> str:
     image.save(buffer, format=format)
     mime = f"image/{format.lower()}"
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+# -- the resize rule ------------------------------------------------------------------------------
+
+
+def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The size (height, width), in pixels, that Qwen2.5-VL's image processor resizes an image to.
+
+    The same rule as ``smart_resize`` in transformers' ``Qwen2VLImageProcessor`` (which Qwen2.5-VL
+    uses), reimplemented so the core does not need transformers: each side is rounded to a multiple of
+    ``factor`` (patch 14 x merge 2 = 28); if that is over ``max_pixels`` both sides shrink by the same
+    scale, rounded down to multiples of ``factor`` (at least ``factor``); if under ``min_pixels`` they
+    grow, rounded up. The vision encoder then sees ``height * width / factor**2`` tokens (``/ 784``).
+
+    Raises :class:`ImageError` when a side is under 1 pixel or the aspect ratio exceeds 200:1
+    (``MAX_ASPECT_RATIO``), and :class:`InputError` for ``factor`` < 1, ``min_pixels`` < 0 or
+    ``max_pixels`` < 1.
+    """
+    if factor < 1 or min_pixels < 0 or max_pixels < 1:
+        raise InputError(f"bad resize settings: factor={factor}, min_pixels={min_pixels}, max_pixels={max_pixels}")
+    if height < 1 or width < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"image aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1, which the vision encoder cannot take"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_to_grid(image: Image.Image, *, min_pixels: int, max_pixels: int) -> Image.Image:
+    """Resize ``image`` to :func:`smart_resize`'s size (multiples of 28 pixels) with bicubic resampling.
+
+    The same target size and resampling as Qwen2.5-VL's image processor, so the model sees the same
+    pixels whichever path prepared them. An image already at that size is returned unchanged (the same
+    object). Raises :class:`ImageError` as :func:`smart_resize` does.
+    """
+    height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.BICUBIC)

@@ -2,12 +2,15 @@
 
 The decision rule (:meth:`Policy.decide`):
 
-- the guard could not judge (backend error, unparseable or truncated output, deadline, ...): the fail
-  mode decides: ``on_error="block"`` (fail-closed, the default) gives ``error-blocked``,
-  ``on_error="allow"`` (fail-open) gives ``error-allowed``; ``fail_mode`` and ``fail_reason`` are set;
-- otherwise ``block`` when a label the policy checks is ``harmful``, else ``allow``. A check without a
-  response judges the request. A check with a response judges the response, and the request too unless
-  ``check="response"`` (then only the response label counts).
+- ``block`` when a label the policy checks is ``harmful`` — also when the guard failed to judge the
+  rest (a parsed ``harmful`` is never thrown away, whatever the fail mode). A check without a response
+  judges the request. A check with a response judges the response, and the request too unless
+  ``check="response"`` (then only the response label counts);
+- else, when the guard could not judge (backend error, unparseable or truncated output, deadline,
+  ...): the fail mode decides: ``on_error="block"`` (fail-closed, the default) gives
+  ``error-blocked``, ``on_error="allow"`` (fail-open) gives ``error-allowed``; ``fail_mode`` and
+  ``fail_reason`` are set;
+- else ``allow``.
 
 ``mode="monitor"`` records and logs the same decisions but never blocks (``verdict.blocked`` is false).
 """
@@ -41,7 +44,7 @@ class Policy(BaseModel):
     on_block: Literal["raise", "refuse"] = "raise"
     refusal: str = DEFAULT_REFUSAL
     #: Seconds for one check, queueing and generation included; on expiry the fail mode applies.
-    deadline: float | None = Field(default=None, gt=0)
+    deadline: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     #: Generation budget per check (default: the guard's ``max_new_tokens``).
     max_new_tokens: int | None = Field(default=None, ge=1)
     #: Streaming: ``buffer`` holds chunks until a check passes them; ``passthrough`` forwards them at once
@@ -49,6 +52,12 @@ class Policy(BaseModel):
     stream_mode: Literal["buffer", "passthrough"] = "buffer"
     #: Streaming: check the accumulated response every this many characters (and always at the end).
     stream_check_every: int = Field(default=DEFAULT_STREAM_CHECK_EVERY, ge=1)
+
+    def __init__(self, **fields: Any) -> None:
+        try:
+            super().__init__(**fields)
+        except ValidationError as exc:
+            raise InputError(f"invalid policy: {_describe(exc)}", field="policy") from exc
 
     def merged(self, override: PolicyLike | None) -> Policy:
         """This policy with ``override`` applied: a ``Policy`` replaces it, a dict updates some fields."""
@@ -58,10 +67,9 @@ class Policy(BaseModel):
             return override
         if not isinstance(override, Mapping):
             raise InputError(f"policy must be a Policy or a dict of Policy fields, got {type(override).__name__}")
-        try:
-            return Policy.model_validate({**self.model_dump(), **override})
-        except ValidationError as exc:
-            raise InputError(f"invalid policy override: {exc}", field="policy") from exc
+        if not all(isinstance(key, str) for key in override):
+            raise InputError("policy override keys must be Policy field names (strings)", field="policy")
+        return Policy(**{**self.model_dump(), **override})
 
     def flags(self, verdict: Verdict) -> bool:
         """True when a label this policy checks is ``harmful`` (ignores failure)."""
@@ -76,12 +84,14 @@ class Policy(BaseModel):
         decision: Decision
         fail_mode: FailMode | None = None
         fail_reason: str | None = None
-        if verdict.error is not None:
+        if self.flags(verdict):
+            decision = "block"
+        elif verdict.error is not None:
             fail_mode = self.on_error
             decision = "error-allowed" if fail_mode == "allow" else "error-blocked"
             fail_reason = f"{verdict.error.code}: {verdict.error.message}"
         else:
-            decision = "block" if self.flags(verdict) else "allow"
+            decision = "allow"
         return verdict.model_copy(
             update={
                 "decision": decision,
@@ -91,6 +101,14 @@ class Policy(BaseModel):
                 **fields,
             }
         )
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: ``field: message (got value)``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'policy'}: {error['msg']} (got {error.get('input')!r})"
+        for error in exc.errors()
+    )
 
 
 #: A policy, or a dict of fields overriding the guard's policy for one call.

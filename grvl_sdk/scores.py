@@ -19,14 +19,18 @@ comparable across models. Calibrate it on your own data before using it as a thr
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from grvl_sdk.parsing import _ANSWERS, _REQUEST, _RESPONSE, _RESULT_OPEN, _THINK
+from grvl_sdk.errors import ParseError
+from grvl_sdk.parsing import parse_output
 
 __all__ = ["TokenLogprobs", "label_scores"]
+
+logger = logging.getLogger("grvl_sdk")
 
 _HARMFUL = "harmful"
 _UNHARMFUL = "unharmful"
@@ -44,18 +48,6 @@ class TokenLogprobs:
     alternatives: Callable[[int], Mapping[str, float]]
 
 
-def _region_start(text: str) -> int:
-    """Where the labels the parser reads begin (same rules as :func:`grvl_sdk.parsing.parse_output`)."""
-    opened = _RESULT_OPEN.search(text)
-    if opened:
-        return opened.end()
-    think = _THINK.search(text)
-    if think:
-        return think.end()
-    answers = list(_ANSWERS.finditer(text))
-    return answers[-1].end() if answers else 0
-
-
 def _branch(rest: str) -> str | None:
     rest = rest.lower()
     for word in (_HARMFUL, _UNHARMFUL):
@@ -71,11 +63,14 @@ def _score_at(logprobs: TokenLogprobs, starts: list[int], char: int) -> float | 
     prefix = logprobs.tokens[step][: char - starts[step]]
     mass = {_HARMFUL: 0.0, _UNHARMFUL: 0.0}
     for token, logprob in logprobs.alternatives(step).items():
-        if not token.startswith(prefix) or len(token) == len(prefix):
+        if not isinstance(token, str) or not token.startswith(prefix) or len(token) == len(prefix):
             continue
+        value = float(logprob)
+        if not (value <= 0.0):  # a log-probability is at most 0; NaN fails this too
+            raise ValueError(f"log-probability {logprob!r} of token {token!r} is not <= 0")
         word = _branch(token[len(prefix) :])
         if word is not None:
-            mass[word] += math.exp(logprob)
+            mass[word] += math.exp(value)
     total = mass[_HARMFUL] + mass[_UNHARMFUL]
     return mass[_HARMFUL] / total if total > 0 else None
 
@@ -83,22 +78,25 @@ def _score_at(logprobs: TokenLogprobs, starts: list[int], char: int) -> float | 
 def label_scores(logprobs: TokenLogprobs | None) -> tuple[float | None, float | None]:
     """(request score, response score) of one output; ``None`` where no label or no logprobs.
 
-    A ``Response: None`` label has no score.
+    The labels are found by :func:`grvl_sdk.parsing.parse_output` on the generated tokens' text (so the
+    same verdict block counts); a ``Response: None`` label has no score. Malformed log-probabilities
+    (not numbers, positive, not finite) give no score: never an exception.
     """
     if logprobs is None or not logprobs.tokens:
         return None, None
-    starts: list[int] = []
-    position = 0
-    for token in logprobs.tokens:
-        starts.append(position)
-        position += len(token)
-    text = "".join(logprobs.tokens)
-    start = _region_start(text)
-    scores: list[float | None] = []
-    for pattern in (_REQUEST, _RESPONSE):
-        match = pattern.search(text, start)
-        if match is None or match.group(1).lower() == "none":
-            scores.append(None)
-        else:
-            scores.append(_score_at(logprobs, starts, match.start(1)))
-    return scores[0], scores[1]
+    try:
+        starts: list[int] = []
+        position = 0
+        for token in logprobs.tokens:
+            starts.append(position)
+            position += len(token)
+        parsed = parse_output("".join(logprobs.tokens))
+        return tuple(  # type: ignore[return-value]
+            None if offset is None else _score_at(logprobs, starts, offset)
+            for offset in (parsed.request_offset, parsed.response_offset)
+        )
+    except ParseError:
+        return None, None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        logger.warning("malformed log-probabilities, no label scores: %s: %s", type(exc).__name__, exc)
+        return None, None

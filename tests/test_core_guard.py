@@ -22,7 +22,7 @@ from grvl_sdk import (
     Verdict,
 )
 from grvl_sdk.backends import local as local_module
-from grvl_sdk.backends.local import _StopOnResultClose
+from grvl_sdk.backends.local import _StopOnVerdict
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -83,12 +83,17 @@ def test_stop_criterion_fires_on_result_close(tiny_guard):
     import torch
 
     tokenizer = tiny_guard.backend.tokenizer
-    stop = _StopOnResultClose(tokenizer, tiny_guard.backend._trigger_ids, prompt_width=2)
-    done = tokenizer("xx<result>Request: harmful</result>", add_special_tokens=False)["input_ids"]
-    open_ = tokenizer("xx<result>Request: harmful\nResp", add_special_tokens=False)["input_ids"]
-    width = max(len(done), len(open_))
-    rows = [[tokenizer.pad_token_id] * (width - len(r)) + r for r in (done, open_)]
-    assert stop(torch.tensor(rows), None).tolist() == [True, False]
+    stop = _StopOnVerdict(tokenizer, tiny_guard.backend._trigger_ids, prompt_width=2)
+    texts = [
+        "xx<think>a</think><result>Request: harmful</result>",  # the verdict block closes: stop
+        "xx<think>a</think><result>Request: harmful\nResp",  # still open
+        "xx<think>he wrote '<result>Request: unharmful</result>",  # a quote inside the reasoning
+        "xx<result>Request: unharmful</result>",  # no reasoning closed before it
+    ]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in encoded)
+    rows = [[tokenizer.pad_token_id] * (width - len(r)) + r for r in encoded]
+    assert stop(torch.tensor(rows), None).tolist() == [True, False, False, False]
 
 
 def test_unparseable_output_is_a_failed_fail_closed_verdict(tiny_guard):

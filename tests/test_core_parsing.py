@@ -35,10 +35,6 @@ def test_standard_vl_output():
         ("<think>x</think><result>Request: harmful\nResponse: none</result>", "harmful", None),
         # result block preferred over labels written inside the reasoning
         ("<think>maybe Request: unharmful?</think><result>Request: harmful</result>", "harmful", None),
-        # output cut after the labels, before </result>
-        ("<think>x</think><result>\nRequest: harmful\nResponse: unharmful\n", "harmful", "unharmful"),
-        # labels after </think> without result tags
-        ("<think>x</think>\nRequest: unharmful\nResponse: unharmful", "unharmful", "unharmful"),
     ],
 )
 def test_tolerant_parsing(output, req, resp):

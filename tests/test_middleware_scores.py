@@ -31,6 +31,7 @@ def test_scores_from_branch_mass():
         ":",
         " un",
         "harmful",
+        "</result>",
     ]
     alternatives = {
         6: {" harmful": math.log(0.8), " un": math.log(0.15), " The": math.log(0.05)},
@@ -44,7 +45,8 @@ def test_scores_from_branch_mass():
 
 def test_scores_read_the_label_the_parser_reads():
     # A label inside <think> is not the verdict; the one in <result> is.
-    tokens = ["<think>", "Request", ":", " unharmful", "?", "</think>", "<result>", "Request", ":", " harmful"]
+    tokens = ["<think>", "Request", ":", " unharmful", "?", "</think>"]
+    tokens += ["<result>", "Request", ":", " harmful", "</result>"]
     alternatives = {
         3: {" unharmful": math.log(0.99), " harmful": math.log(0.01)},
         9: {" harmful": math.log(0.7), " unharmful": math.log(0.3)},
@@ -54,7 +56,7 @@ def test_scores_read_the_label_the_parser_reads():
 
 def test_label_inside_a_token_and_missing_alternatives():
     # The label starts inside a token (": harmful"): only alternatives with the same prefix count.
-    tokens = ["<result>Request", ": harmful", "\nResponse: None</result>"]
+    tokens = ["<think>x</think><result>Request", ": harmful", "\nResponse: None</result>"]
     alternatives = {1: {": harmful": math.log(0.9), ": unharmful": math.log(0.05), " harmful": math.log(0.05)}}
     assert label_scores(_logprobs(tokens, alternatives)) == (pytest.approx(0.9 / 0.95), None)
     # The other branch outside the kept top-k: the score is 1.0.

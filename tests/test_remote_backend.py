@@ -25,6 +25,7 @@ from PIL import Image
 from grvl_sdk import CircuitOpenError, Guard, InputError
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
 from grvl_sdk.backends.remote import RemoteBackend
+from grvl_sdk.images import resize_to_grid
 from grvl_sdk.prompt import SYSTEM_PROMPT
 
 pytest.importorskip("fastapi")
@@ -93,7 +94,9 @@ def test_images_are_data_urls_in_content_parts_at_the_image_position(rgb_image):
     url = image["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert decoded.convert("RGB").tobytes() == rgb_image.tobytes()
+    # Sent on Qwen2.5-VL's grid (96x72 -> 84x84), lossless: exactly the pixels a local guard sees.
+    on_grid = resize_to_grid(rgb_image, min_pixels=backend.min_pixels, max_pixels=backend.max_pixels)
+    assert decoded.size == (84, 84) and decoded.convert("RGB").tobytes() == on_grid.tobytes()
     assert (body["temperature"], body["top_p"], body["repetition_penalty"], body["max_tokens"]) == (0.0, 1.0, 1.0, 32)
     assert body["logprobs"] is True and body["top_logprobs"] == backend.score_top_k
     big = Image.new("RGB", (2000, 1000))
@@ -101,7 +104,7 @@ def test_images_are_data_urls_in_content_parts_at_the_image_position(rgb_image):
     url = shrunk.payload(Guard(shrunk).prepare(image=big), 8)["messages"][1]["content"][1]["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
     width, height = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
-    assert width * height <= 100_000 and abs(width - 2 * height) <= 1
+    assert (width, height) == (420, 196)  # smart_resize(1000, 2000, max_pixels=100_000): multiples of 28
 
 
 def test_special_tokens_in_user_text_cannot_close_the_turn(server, tiny_guard):

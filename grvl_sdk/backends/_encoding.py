@@ -3,9 +3,13 @@
 The chat template is rendered once per input *shape* (text or not, response or not, image count) with
 private-use placeholders where the user's request and response go. The rendered skeleton is split at
 the tokenizer's added tokens: those splits are the only special tokens in the prompt. User text is
-substituted into the text runs, and every text run is tokenised with ``split_special_tokens=True``,
-so a user's ``<|im_end|>`` or ``<|image_pad|>`` becomes ordinary text tokens and a literal
-``<image>`` stays text. Each ``<|image_pad|>`` of the skeleton is expanded to the number of vision
+substituted into the text runs, and every text run is tokenised with special tokens split, so a
+user's ``<|im_end|>`` or ``<|image_pad|>`` becomes ordinary text tokens and a literal ``<image>``
+stays text. Text is encoded by a **private copy** of the fast tokenizer whose ``encode_special_tokens``
+is set once and never changed: transformers implements ``split_special_tokens=True`` by flipping that
+flag on the shared tokenizer for the duration of a call, so another thread using
+``backend.tokenizer`` at the same time could otherwise turn a user's ``<|im_end|>`` into the real
+special token. Each ``<|image_pad|>`` of the skeleton is expanded to the number of vision
 tokens of the matching image. For inputs without injected markers this gives exactly the ids the
 stock processor gives for the rendered prompt string.
 """
@@ -20,6 +24,7 @@ from typing import Any
 from grvl_sdk._constants import MAX_IMAGES_PER_CHECK
 from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.errors import InputError, ModelLoadError
+from grvl_sdk.images import resize_to_grid
 from grvl_sdk.prompt import build_messages
 
 __all__ = ["EncodedBatch", "PromptEncoder"]
@@ -70,6 +75,7 @@ class PromptEncoder:
         self._skeletons: dict[tuple[bool, bool, int], tuple[str, tuple[_Piece, ...]]] = {}
         self._text_ids: dict[str, list[int]] = {}
         self.merge_size = int(getattr(self.image_processor, "merge_size", 2) or 2)
+        self._private = _private_tokenizer(self.tokenizer)
 
     # -- rendering -------------------------------------------------------------------------
     def _skeleton(self, item: GuardInput) -> tuple[str, tuple[_Piece, ...]]:
@@ -116,7 +122,8 @@ class PromptEncoder:
 
     # -- tokenising ------------------------------------------------------------------------
     def _encode_text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        """Token ids of user or template text, special-token spellings kept as text (thread-safe)."""
+        return self._private.encode(text, add_special_tokens=False).ids
 
     def token_ids(self, item: GuardInput, image_token_counts: Sequence[int]) -> list[int]:
         """Token ids of one prompt, with each image slot expanded to its vision token count."""
@@ -150,6 +157,10 @@ class PromptEncoder:
         if all_images:
             if self.image_processor is None:
                 raise InputError("this model's processor has no image processor; it cannot take images")
+            # The one resize to the grid (a no-op for images a Guard already prepared).
+            all_images = [
+                resize_to_grid(image, min_pixels=self.min_pixels, max_pixels=self.max_pixels) for image in all_images
+            ]
             processed = self.image_processor(
                 images=all_images,
                 size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
@@ -180,6 +191,23 @@ class PromptEncoder:
             image_grid_thw=grid,
             prompt_lengths=[len(s) for s in sequences],
         )
+
+
+def _private_tokenizer(tokenizer: Any) -> Any:
+    """A copy of the fast tokenizer's backend that always splits special tokens, shared with nobody."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelLoadError(
+            f"the checkpoint's tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
+            "grvl-sdk needs one (tokenizer.json) to encode user text injection-proof"
+        )
+    from tokenizers import Tokenizer
+
+    private = Tokenizer.from_str(backend.to_str())
+    private.encode_special_tokens = True
+    private.no_padding()
+    private.no_truncation()
+    return private
 
 
 def _check_images(item: GuardInput) -> None:

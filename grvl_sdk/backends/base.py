@@ -11,13 +11,13 @@ value, or ``None``) is given each check's deadline and should stop by then (rais
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from grvl_sdk._threads import to_daemon_thread
 from grvl_sdk.prompt import render_prompt
 from grvl_sdk.scores import TokenLogprobs
 
@@ -57,6 +57,14 @@ class Backend(ABC):
     prefers_micro_batching: bool = False
 
     @property
+    def image_bounds(self) -> tuple[int, int] | None:
+        """(min_pixels, max_pixels) the model's images are resized within (Qwen2.5-VL's grid rule,
+        :func:`grvl_sdk.images.smart_resize`), or ``None`` when this backend does not resize. The
+        ``Guard`` resizes once, while preparing an input, so the cache, the audit log and the
+        backend all see the pixels the model sees."""
+        return None
+
+    @property
     def cache_settings(self) -> str:
         """Settings that change outputs for the same input (pixel budgets, server...): part of cache keys."""
         return type(self).__name__
@@ -66,8 +74,8 @@ class Backend(ABC):
         """Generate one output per input, in order (greedy decoding)."""
 
     async def agenerate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
-        """Async twin of :meth:`generate`; by default runs it in a worker thread."""
-        return await asyncio.to_thread(self.generate, inputs, max_new_tokens=max_new_tokens)
+        """Async twin of :meth:`generate`; by default runs it in a worker (daemon) thread."""
+        return await to_daemon_thread(self.generate, inputs, max_new_tokens=max_new_tokens)
 
     def format_prompt(self, item: GuardInput) -> str:
         """The exact prompt string the model receives (image blocks unexpanded)."""

@@ -10,7 +10,6 @@ bitsandbytes with the vision tower kept in full precision.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import socket
@@ -29,10 +28,12 @@ from grvl_sdk._constants import (
     SCORE_TOP_K,
 )
 from grvl_sdk._lazy import require
+from grvl_sdk._threads import to_daemon_thread
 from grvl_sdk.backends._encoding import EncodedBatch, PromptEncoder
 from grvl_sdk.backends._processor import load_processor
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
-from grvl_sdk.errors import BackendError, DeadlineExceededError, InputError, ModelLoadError
+from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError, ModelLoadError
+from grvl_sdk.parsing import verdict_end
 from grvl_sdk.scores import TokenLogprobs
 
 __all__ = ["LocalBackend", "Quantization"]
@@ -113,8 +114,14 @@ def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str 
     return model_id, False
 
 
-class _StopOnResultClose:
-    """Stopping criterion: a sequence is done once its new text contains ``</result>``."""
+class _StopOnVerdict:
+    """Stopping criterion: a sequence is done once it has closed its verdict block.
+
+    That is the ``</result>`` closing the first ``<result>`` after the closed reasoning
+    (:func:`grvl_sdk.parsing.verdict_end`); a ``</result>`` quoted inside the reasoning does not stop
+    generation. Cheap per step: only when a token holding ``>`` ends a tail that contains
+    ``</result>`` is the row's whole new text decoded and checked.
+    """
 
     def __init__(self, tokenizer: Any, trigger_ids: frozenset[int], prompt_width: int) -> None:
         self.tokenizer = tokenizer
@@ -130,7 +137,9 @@ class _StopOnResultClose:
             if token in self.trigger_ids:
                 start = max(self.prompt_width, input_ids.shape[1] - 16)
                 tail = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
-                done[row] = RESULT_CLOSE in tail
+                if RESULT_CLOSE in tail.lower():
+                    text = self.tokenizer.decode(input_ids[row, self.prompt_width :], skip_special_tokens=True)
+                    done[row] = verdict_end(text) is not None
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -350,6 +359,10 @@ class LocalBackend(Backend):
         return self.encoder.format_prompt(item)
 
     @property
+    def image_bounds(self) -> tuple[int, int]:
+        return self.encoder.min_pixels, self.encoder.max_pixels
+
+    @property
     def cache_settings(self) -> str:
         dtype = getattr(self.model, "dtype", "")
         return f"local:{self.encoder.min_pixels}:{self.encoder.max_pixels}:{dtype}"
@@ -359,6 +372,8 @@ class LocalBackend(Backend):
     ) -> list[Generation]:
         """Generate one output per input. ``deadline`` (a ``time.monotonic()`` value) stops generation
         and raises :class:`DeadlineExceededError` once passed."""
+        if self.model is None:
+            raise GuardClosedError("the local backend is closed (its model was released)")
         if not inputs:
             return []
         batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
@@ -368,7 +383,7 @@ class LocalBackend(Backend):
         self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
     ) -> list[Generation]:
         """Async twin of :meth:`generate` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline)
+        return await to_daemon_thread(self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline)
 
     def generate_encoded(
         self,
@@ -386,7 +401,7 @@ class LocalBackend(Backend):
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         width = batch.input_ids.shape[1]
-        stopping: list[Any] = [_StopOnResultClose(self.tokenizer, self._trigger_ids, width)]
+        stopping: list[Any] = [_StopOnVerdict(self.tokenizer, self._trigger_ids, width)]
         at_deadline = _StopAtDeadline(deadline) if deadline is not None else None
         if at_deadline is not None:
             stopping.append(at_deadline)
@@ -415,6 +430,9 @@ class LocalBackend(Backend):
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             raise DeadlineExceededError("deadline passed while waiting for the model (busy with other checks)")
+        if self.model is None:
+            self._lock.release()
+            raise GuardClosedError("the local backend is closed (its model was released)")
         head = self.model.get_output_embeddings() if scores is not None else None
         handle = head.register_forward_hook(scores.hook) if head is not None and scores is not None else None
         try:
@@ -470,10 +488,10 @@ class LocalBackend(Backend):
                 stop, hit_eos = index, True
                 break
         text = self.tokenizer.decode(new[:stop], skip_special_tokens=True)
-        closed = RESULT_CLOSE in text
-        if closed:
-            text = text[: text.index(RESULT_CLOSE) + len(RESULT_CLOSE)]
-        finished = closed or hit_eos or (stop < max_new_tokens and not cut)
+        end = verdict_end(text)
+        if end is not None:
+            text = text[:end]
+        finished = end is not None or hit_eos or (stop < max_new_tokens and not cut)
         return Generation(
             text=text,
             prompt_tokens=prompt_tokens,

@@ -5,18 +5,26 @@ Each input becomes one ``POST {base_url}/chat/completions``:
 - messages: the spec's system prompt, and the transcript as content parts in order — text
   ``"Human user:\\n"``, one ``image_url`` part per image (a ``data:`` URL, lossless PNG by default),
   then the text tail — so the stock Qwen2.5-VL chat template on the server renders exactly the
-  prompt the model was trained on;
+  prompt the model was trained on. Images are resized on the client, once, to Qwen2.5-VL's grid
+  (:func:`grvl_sdk.images.resize_to_grid` with ``min_pixels``/``max_pixels``, the rule the local
+  backend applies), so the server's processor has nothing left to change and a remote guard sees
+  the pixels a local one sees;
 - greedy decoding: ``temperature=0``, ``top_p=1``, ``repetition_penalty=1.0`` (vLLM/SGLang would
   otherwise apply the checkpoint's 1.05), ``max_tokens``; ``logprobs`` with ``top_logprobs`` for scores;
 - user text that spells a special token (``<|im_end|>``...) gets a zero-width space after ``<|``: a
   server tokenises the rendered prompt with special tokens enabled, and the guard's input must not
   be able to close its own turn.
 
-Resilience: one ``httpx.Client`` and one ``httpx.AsyncClient`` per event loop, with connection
-pooling; connect/read/write/pool timeouts, each capped by the check's deadline; retries with
-exponential back-off and full jitter on connection errors, 429 and 5xx (honouring ``Retry-After``);
-a circuit breaker that stops calling a failing server for a while. Read timeouts are not retried (a
-slow server is not helped by more load).
+Resilience: one ``httpx.Client`` and one ``httpx.AsyncClient`` per event loop (closed with its loop:
+``asyncio.run`` closes it on exit), with connection pooling; connect/read/write/pool timeouts, each
+capped by the check's deadline, and the body read in chunks with the deadline checked between them
+(httpx's read timeout is per read, so a server trickling its answer would otherwise hold a call far
+past its deadline); answers over :data:`MAX_RESPONSE_BYTES` are refused; retries with exponential
+back-off and full jitter on connection errors, 429 and 5xx (honouring ``Retry-After``); a circuit
+breaker that stops calling a failing server for a while. Read timeouts are not retried (a slow
+server is not helped by more load). Only server and transport failures count toward the breaker: a
+request body that cannot be encoded is the caller's :class:`InputError`, raised before anything is
+sent; a malformed answer is a :class:`RemoteBackendError` of that call.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import base64
 import io
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -47,25 +56,31 @@ from grvl_sdk._constants import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_MIN_PIXELS,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_WRITE_TIMEOUT,
-    RESULT_CLOSE,
     SCORE_TOP_K,
 )
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
-from grvl_sdk.errors import DeadlineExceededError, InputError, RemoteBackendError
+from grvl_sdk.errors import DeadlineExceededError, GuardClosedError, InputError, RemoteBackendError
+from grvl_sdk.images import resize_to_grid
+from grvl_sdk.parsing import verdict_end
 from grvl_sdk.prompt import build_messages
 from grvl_sdk.scores import TokenLogprobs
 
-__all__ = ["API_KEY_ENV_VAR", "RemoteBackend"]
+__all__ = ["API_KEY_ENV_VAR", "MAX_RESPONSE_BYTES", "RemoteBackend"]
 
 logger = logging.getLogger("grvl_sdk")
 
 #: Environment variable read for the server's API key when none is given.
 API_KEY_ENV_VAR = "GRVL_API_KEY"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Largest answer body read from the guard server (bytes); a larger one is a ``RemoteBackendError``.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: The authors' decoding (spec 2.4): the server would otherwise apply the checkpoint's 1.05.
+_DECODING_DEFAULTS: dict[str, Any] = {"repetition_penalty": 1.0}
 _SPECIAL = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
 
 
@@ -73,11 +88,7 @@ def _neutralise(text: str | None) -> str | None:
     return None if text is None else _SPECIAL.sub("<\u200b|", text)
 
 
-def _data_url(image: Image.Image, image_format: str, max_pixels: int | None) -> str:
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
+def _data_url(image: Image.Image, image_format: str) -> str:
     buffer = io.BytesIO()
     if image_format == "PNG":
         image.save(buffer, format="PNG", compress_level=1)
@@ -86,11 +97,29 @@ def _data_url(image: Image.Image, image_format: str, max_pixels: int | None) -> 
     return f"data:image/{image_format.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _encode_body(body: Mapping[str, Any]) -> bytes:
+    """The JSON request body as bytes; text UTF-8 cannot carry is the caller's ``InputError``."""
     try:
-        return float(response.headers["retry-after"])
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        raise InputError(f"the guard request cannot be encoded as JSON: {type(exc).__name__}: {exc}") from exc
+
+
+def _count(usage: Mapping[str, Any], name: str) -> int:
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"usage.{name} must be a non-negative number, got {value!r}")
+    return int(value)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    try:
+        value = float(headers["retry-after"])
     except (KeyError, ValueError):
         return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 class _Retryable(Exception):
@@ -105,7 +134,11 @@ class RemoteBackend(Backend):
 
     ``base_url`` is the API root as for the OpenAI client (e.g. ``http://localhost:8000/v1``);
     ``model`` the served model name. ``timeout`` is seconds for every phase or an ``httpx.Timeout``.
-    ``max_pixels`` shrinks larger images before sending (``None``: send as they are).
+    ``min_pixels``/``max_pixels``: every image is resized to Qwen2.5-VL's grid within these bounds
+    before sending, exactly as the local backend does (``max_pixels=None``: images are sent as they
+    are, and the server's own bounds apply). ``send_pixel_bounds`` also sends them as
+    ``mm_processor_kwargs`` (vLLM reads it; leave it off for servers that refuse unknown fields).
+    ``extra_body`` fields are merged over the decoding defaults (``repetition_penalty=1.0``).
     """
 
     def __init__(
@@ -122,7 +155,9 @@ class RemoteBackend(Backend):
         breaker_reset_s: float = DEFAULT_BREAKER_RESET_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         score_top_k: int = SCORE_TOP_K,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        send_pixel_bounds: bool = False,
         image_format: str = "PNG",
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
@@ -137,18 +172,26 @@ class RemoteBackend(Backend):
             raise InputError(f"image_format must be 'PNG' or 'JPEG', got {image_format!r}")
         if max_connections < 1 or score_top_k < 0:
             raise InputError("max_connections must be >= 1 and score_top_k >= 0")
+        if min_pixels < 1 or (max_pixels is not None and max_pixels < min_pixels):
+            raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise InputError(f"extra_body must be a dict, got {type(extra_body).__name__}")
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model_id = model
         self.score_top_k = score_top_k
+        self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.send_pixel_bounds = send_pixel_bounds
         self.image_format = image_format.upper()
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s)
-        self.extra_body = {"repetition_penalty": 1.0} if extra_body is None else dict(extra_body)
+        self.extra_body = {**_DECODING_DEFAULTS, **(extra_body or {})}
         if isinstance(timeout, httpx.Timeout):
             self.timeout = timeout
         elif timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+                raise InputError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
             self.timeout = httpx.Timeout(timeout)
         else:
             self.timeout = httpx.Timeout(
@@ -168,17 +211,30 @@ class RemoteBackend(Backend):
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        # Per loop, a suspended async generator whose ``finally`` closes that loop's client when the
+        # loop shuts down (``loop.shutdown_asyncgens()``, called by ``asyncio.run``).
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     @property
     def cache_settings(self) -> str:
-        return f"remote:{self.base_url}:{self.max_pixels}:{self.image_format}"
+        return f"remote:{self.base_url}:{self.min_pixels}:{self.max_pixels}:{self.image_format}"
+
+    @property
+    def image_bounds(self) -> tuple[int, int] | None:
+        return None if self.max_pixels is None else (self.min_pixels, self.max_pixels)
 
     # -- request / response ------------------------------------------------------------------
     def payload(self, item: GuardInput, max_new_tokens: int) -> dict[str, Any]:
         """The JSON body sent for one input."""
-        urls = [_data_url(image, self.image_format, self.max_pixels) for image in item.images]
+        bounds = self.image_bounds
+        images = [
+            image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
+            for image in item.images
+        ]
+        urls = [_data_url(image, self.image_format) for image in images]
         messages = build_messages(
             _neutralise(item.text),
             _neutralise(item.response),
@@ -197,15 +253,25 @@ class RemoteBackend(Backend):
         if self.score_top_k:
             body["logprobs"] = True
             body["top_logprobs"] = self.score_top_k
+        if self.send_pixel_bounds and self.image_bounds is not None and urls:
+            body["mm_processor_kwargs"] = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
         body.update(self.extra_body)
         return body
 
     @staticmethod
     def _logprobs(choice: Mapping[str, Any]) -> TokenLogprobs | None:
-        entries = (choice.get("logprobs") or {}).get("content")
-        if not entries:
+        """The choice's per-token log-probabilities; ``None`` (no scores, a warning) when absent or
+        malformed — log-probabilities only feed scores, never the labels."""
+        try:
+            entries = (choice.get("logprobs") or {}).get("content")
+            if not entries:
+                return None
+            tokens = tuple(entry["token"] for entry in entries)
+            if not all(isinstance(token, str) for token in tokens):
+                raise TypeError("a token is not a string")
+        except (AttributeError, KeyError, TypeError) as exc:
+            logger.warning("malformed logprobs from the guard server, no label scores: %s", exc)
             return None
-        tokens = tuple(str(entry["token"]) for entry in entries)
 
         def alternatives(step: int) -> dict[str, float]:
             entry = entries[step]
@@ -220,27 +286,35 @@ class RemoteBackend(Backend):
 
         return TokenLogprobs(tokens=tokens, alternatives=alternatives)
 
-    def _generation(self, response: httpx.Response, latency_ms: float) -> Generation:
+    def _generation(self, status: int, content: bytes, latency_ms: float) -> Generation:
         try:
-            body = response.json()
+            body = json.loads(content)
             choice = body["choices"][0]
-            text = choice["message"].get("content") or ""
+            text = choice["message"].get("content")
+            if text is None:
+                text = ""
+            if not isinstance(text, str):
+                raise TypeError(f"message.content must be a string, got {type(text).__name__}")
+            finish_reason = choice.get("finish_reason")
+            if finish_reason is not None and not isinstance(finish_reason, str):
+                raise TypeError(f"finish_reason must be a string, got {type(finish_reason).__name__}")
             usage = body.get("usage") or {}
-            logprobs = self._logprobs(choice)
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:  # JSON and Unicode errors too
             raise RemoteBackendError(
                 f"malformed chat completion from the guard server: {type(exc).__name__}: {exc}",
-                status_code=response.status_code,
+                status_code=status,
             ) from exc
-        if RESULT_CLOSE in text:
-            text = text[: text.index(RESULT_CLOSE) + len(RESULT_CLOSE)]
+        end = verdict_end(text)
+        if end is not None:
+            text = text[:end]
         return Generation(
             text=text,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_ms=latency_ms,
-            finished=choice.get("finish_reason") != "length",
-            logprobs=logprobs,
+            finished=finish_reason != "length",
+            logprobs=self._logprobs(choice),
         )
 
     def _timeout(self, deadline: float | None) -> tuple[httpx.Timeout, bool]:
@@ -261,15 +335,23 @@ class RemoteBackend(Backend):
         }
         return httpx.Timeout(**parts), self.timeout.read is None or remaining < self.timeout.read
 
-    def _classify(self, response: httpx.Response, latency_ms: float) -> Generation:
-        status = response.status_code
+    def _classify(self, status: int, content: bytes, headers: httpx.Headers, latency_ms: float) -> Generation:
         if status == 200:
-            return self._generation(response, latency_ms)
-        snippet = response.text[:300]
-        error = RemoteBackendError(f"guard server answered HTTP {status}: {snippet}", status_code=status)
+            return self._generation(status, content, latency_ms)
+        snippet = content[:300].decode("utf-8", "replace")
+        hint = ""
+        if status == 404 and not self.base_url.rstrip("/").endswith("/v1"):
+            hint = f" (is the '/v1' missing from base_url? the server was asked at {self.url})"
+        error = RemoteBackendError(f"guard server answered HTTP {status}{hint}: {snippet}", status_code=status)
         if status in _RETRY_STATUS:
-            raise _Retryable(error, _retry_after(response))
+            raise _Retryable(error, _retry_after(headers))
         raise error
+
+    def _check_deadline(self, deadline: float | None, received: int) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError(f"deadline passed while the guard server was answering ({received} bytes read)")
+        if received > MAX_RESPONSE_BYTES:
+            raise RemoteBackendError(f"the guard server's answer is over {MAX_RESPONSE_BYTES} bytes")
 
     def _transport_error(self, exc: httpx.HTTPError, capped: bool) -> Exception:
         if isinstance(exc, httpx.TimeoutException) and capped:
@@ -295,19 +377,30 @@ class RemoteBackend(Backend):
             self.breaker.record_failure()
 
     # -- sync --------------------------------------------------------------------------------
-    def _post(self, body: dict[str, Any], deadline: float | None) -> Generation:
+    def _send(self, content: bytes, deadline: float | None) -> Generation:
+        """One attempt: the request, then the body read chunk by chunk within the deadline."""
+        timeout, capped = self._timeout(deadline)
+        started = time.perf_counter()
+        try:
+            with self._client.stream("POST", self.url, content=content, timeout=timeout) as response:
+                chunks: list[bytes] = []
+                received = 0
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    received += len(chunk)
+                    self._check_deadline(deadline, received)
+                status, headers = response.status_code, response.headers
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, capped) from exc
+        return self._classify(status, b"".join(chunks), headers, (time.perf_counter() - started) * 1000)
+
+    def _post(self, content: bytes, deadline: float | None) -> Generation:
         self.breaker.before_call()
         retry = 0
         try:
             while True:
-                timeout, capped = self._timeout(deadline)
-                started = time.perf_counter()
                 try:
-                    try:
-                        response = self._client.post(self.url, json=body, timeout=timeout)
-                    except httpx.HTTPError as exc:
-                        raise self._transport_error(exc, capped) from exc
-                    generation = self._classify(response, (time.perf_counter() - started) * 1000)
+                    generation = self._send(content, deadline)
                 except _Retryable as failure:
                     if retry >= self.retry.max_retries:
                         raise failure.error from failure
@@ -320,11 +413,16 @@ class RemoteBackend(Backend):
             self._settle(exc)
             raise
 
+    def _bodies(self, inputs: Sequence[GuardInput], max_new_tokens: int) -> list[bytes]:
+        if self._closed:
+            raise GuardClosedError("the remote backend is closed")
+        return [_encode_body(self.payload(item, max_new_tokens)) for item in inputs]
+
     def generate(
         self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
     ) -> list[Generation]:
         """One request per input; a batch is sent concurrently over the connection pool."""
-        bodies = [self.payload(item, max_new_tokens) for item in inputs]
+        bodies = self._bodies(inputs, max_new_tokens)
         if len(bodies) <= 1:
             return [self._post(body, deadline) for body in bodies]
         with self._pool_lock:
@@ -333,28 +431,59 @@ class RemoteBackend(Backend):
         return list(self._pool.map(lambda body: self._post(body, deadline), bodies))
 
     # -- async -------------------------------------------------------------------------------
-    def _aclient(self) -> httpx.AsyncClient:
+    async def _aclient(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
+            if self._closed:
+                raise GuardClosedError("the remote backend is closed")
             client = httpx.AsyncClient(headers=self._headers, limits=self._limits, transport=self._async_transport)
             self._aclients[loop] = client
+            closer = self._close_with_loop(weakref.ref(self), loop)
+            self._closers[loop] = closer
+            await closer.asend(None)  # runs to its ``yield``; the loop now tracks it
         return client
 
-    async def _apost(self, body: dict[str, Any], deadline: float | None) -> Generation:
+    @staticmethod
+    async def _close_with_loop(backend_ref: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        try:
+            yield
+        finally:
+            backend = backend_ref()
+            if backend is not None:
+                backend._closers.pop(loop, None)
+                client = backend._aclients.pop(loop, None)
+                if client is not None:
+                    await client.aclose()
+
+    async def _asend(self, client: httpx.AsyncClient, content: bytes, deadline: float | None) -> Generation:
+        timeout, capped = self._timeout(deadline)
+        started = time.perf_counter()
+        try:
+            async with client.stream("POST", self.url, content=content, timeout=timeout) as response:
+                chunks: list[bytes] = []
+                received = 0
+                async for chunk in response.aiter_bytes():
+                    chunks.append(chunk)
+                    received += len(chunk)
+                    self._check_deadline(deadline, received)
+                status, headers = response.status_code, response.headers
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, capped) from exc
+        body = b"".join(chunks)
+        latency_ms = (time.perf_counter() - started) * 1000
+        if len(body) > 1 << 20:  # parsing a large answer is CPU work: off the event loop
+            return await asyncio.to_thread(self._classify, status, body, headers, latency_ms)
+        return self._classify(status, body, headers, latency_ms)
+
+    async def _apost(self, content: bytes, deadline: float | None) -> Generation:
         self.breaker.before_call()
-        client = self._aclient()
         retry = 0
         try:
+            client = await self._aclient()
             while True:
-                timeout, capped = self._timeout(deadline)
-                started = time.perf_counter()
                 try:
-                    try:
-                        response = await client.post(self.url, json=body, timeout=timeout)
-                    except httpx.HTTPError as exc:
-                        raise self._transport_error(exc, capped) from exc
-                    generation = self._classify(response, (time.perf_counter() - started) * 1000)
+                    generation = await self._asend(client, content, deadline)
                 except _Retryable as failure:
                     if retry >= self.retry.max_retries:
                         raise failure.error from failure
@@ -375,21 +504,58 @@ class RemoteBackend(Backend):
     ) -> list[Generation]:
         """Async twin of :meth:`generate` (native ``httpx.AsyncClient``, requests sent concurrently)."""
         if any(item.images for item in inputs):  # image encoding is CPU work: keep it off the event loop
-            bodies = await asyncio.to_thread(lambda: [self.payload(item, max_new_tokens) for item in inputs])
+            bodies = await asyncio.to_thread(self._bodies, inputs, max_new_tokens)
         else:
-            bodies = [self.payload(item, max_new_tokens) for item in inputs]
+            bodies = self._bodies(inputs, max_new_tokens)
         return list(await asyncio.gather(*(self._apost(body, deadline) for body in bodies)))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the sync client and the worker pool (async clients: :meth:`aclose`)."""
+        """Close the sync client, the worker pool and every event loop's async client (idempotent).
+
+        An async client is closed on its own loop: at once if that loop runs in another thread,
+        scheduled if it is this thread's running loop (prefer :meth:`aclose` there), run to completion
+        if the loop is idle; a closed loop's client is dropped. Afterwards calls raise
+        :class:`~grvl_sdk.errors.GuardClosedError`."""
+        self._closed = True
         self._client.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        for loop, client in list(self._aclients.items()):
+            self._aclients.pop(loop, None)
+            closer = self._closers.pop(loop, None)
+            _close_on_loop(loop, client, closer)
 
     async def aclose(self) -> None:
         """Close the async client of the running event loop, and everything :meth:`close` closes."""
-        client = self._aclients.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        client = self._aclients.pop(loop, None)
+        closer = self._closers.pop(loop, None)
         if client is not None:
             await client.aclose()
+        if closer is not None:
+            await closer.aclose()
         self.close()
+
+
+def _close_on_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient, closer: Any) -> None:
+    async def shut() -> None:
+        await client.aclose()
+        if closer is not None:
+            await closer.aclose()
+
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        loop.create_task(shut())
+    elif loop.is_running():
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=5)
+        except Exception:  # the loop stopped meanwhile: nothing more can be done from here
+            logger.debug("could not close an async client on its loop", exc_info=True)
+    else:
+        loop.run_until_complete(shut())

@@ -61,7 +61,11 @@ def to_spec(value: Any) -> RequestSpec:
         if value.get("messages") is not None:
             return RequestSpec(messages=value["messages"])
         images = [value["image"]] if value.get("image") is not None else []
-        images.extend(value.get("images") or [])
+        extra = value.get("images")
+        if extra is not None:
+            if isinstance(extra, (str, bytes)) or not isinstance(extra, Sequence):
+                raise InputError(f"get_request returned images= of type {type(extra).__name__}; pass a list")
+            images.extend(extra)
         return RequestSpec(text=value.get("text"), images=images)
     raise InputError(f"get_request must return a RequestSpec, str, dict or messages, got {type(value).__name__}")
 

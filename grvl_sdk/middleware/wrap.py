@@ -16,7 +16,6 @@ A call may override the policy for itself with a ``grvl_policy=`` keyword (remov
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import inspect
@@ -86,49 +85,75 @@ class _Guarded:
             raise GuardBlocked(verdict, stage=stage)
         return self.refusal(verdict) if self.refusal is not None else policy.refusal
 
-    def with_response(self, item: GuardInput, result: Any) -> GuardInput:
-        return dataclasses.replace(item, response=self.get_response(result))
+    def item(self, call: _Call) -> GuardInput:
+        """The call's prepared request (prepared now if the request check did not prepare it)."""
+        if call.item is None:
+            call.item = self.prepare(call.spec)
+        return call.item
 
     def check_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
-        """Start a call: its policy (``kwargs`` loses the policy override), id, input and request check."""
+        """Start a call: its policy (``kwargs`` loses the policy override), id, and request check (the
+        request's images are loaded within the policy's deadline)."""
         policy = self.active_policy(kwargs)
-        call = _Call(policy, _new_id(), self.prepare(self.get_request(args, kwargs)))
+        call = _Call(policy, _new_id(), self.get_request(args, kwargs))
         if policy.check != "response":
-            verdict = self.guard.check_input(call.item, policy=policy, stage="request", call_id=call.call_id)
+            verdict, call.item = self.guard._check_call(
+                lambda: self.prepare(call.spec), policy, stage="request", call_id=call.call_id
+            )
             call.blocking = verdict if verdict.blocked else None
         return call
 
     async def acheck_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         """Async twin of :meth:`check_request`."""
         policy = self.active_policy(kwargs)
-        call = _Call(policy, _new_id(), await _aprepare(self, self.get_request(args, kwargs)))
+        call = _Call(policy, _new_id(), self.get_request(args, kwargs))
         if policy.check != "response":
-            verdict = await self.guard.acheck_input(call.item, policy=policy, stage="request", call_id=call.call_id)
+            verdict, call.item = await self.guard._acheck_call(
+                lambda: self.prepare(call.spec), policy, stage="request", call_id=call.call_id
+            )
             call.blocking = verdict if verdict.blocked else None
         return call
+
+    def check_response(self, result: Any, call: _Call) -> Verdict:
+        """Judge the call's result together with its request."""
+        text = self.get_response(result)
+        return self.guard._check_call(
+            lambda: dataclasses.replace(self.item(call), response=text),
+            call.policy, stage="response", call_id=call.call_id,
+        )[0]  # fmt: skip
+
+    async def acheck_response(self, result: Any, call: _Call) -> Verdict:
+        """Async twin of :meth:`check_response`."""
+        text = self.get_response(result)
+        return (await self.guard._acheck_call(
+            lambda: dataclasses.replace(self.item(call), response=text),
+            call.policy, stage="response", call_id=call.call_id,
+        ))[0]  # fmt: skip
 
     def stream(self, source: Any, call: _Call) -> Any:
         """``source`` moderated as it flows (see :func:`guard_stream`)."""
         return guard_stream(
-            self.guard, source, call.item, call.policy, call_id=call.call_id,
+            self.guard, source, self.item(call), call.policy, call_id=call.call_id,
             get_chunk_text=self.get_chunk_text, refusal=self.refusal,
         )  # fmt: skip
 
     def astream(self, source: Any, call: _Call) -> Any:
         """Async twin of :meth:`stream`."""
         return aguard_stream(
-            self.guard, source, call.item, call.policy, call_id=call.call_id,
+            self.guard, source, self.item(call), call.policy, call_id=call.call_id,
             get_chunk_text=self.get_chunk_text, refusal=self.refusal,
         )  # fmt: skip
 
 
 @dataclasses.dataclass
 class _Call:
-    """One guarded call: its policy, id, prepared request, and the request verdict if it blocked."""
+    """One guarded call: its policy, id, request (as found and as prepared), and the request verdict if
+    it blocked."""
 
     policy: Policy
     call_id: str
-    item: GuardInput
+    spec: RequestSpec
+    item: GuardInput | None = None
     blocking: Verdict | None = None
 
 
@@ -168,7 +193,6 @@ def wrap(
 
 
 def _wrap_sync(state: _Guarded) -> Callable[..., Any]:
-    guard = state.guard
 
     @functools.wraps(state.fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -180,8 +204,7 @@ def _wrap_sync(state: _Guarded) -> Callable[..., Any]:
             return result
         if _is_stream(result):
             return state.stream(result, call)
-        item = state.with_response(call.item, result)
-        verdict = guard.check_input(item, policy=call.policy, stage="response", call_id=call.call_id)
+        verdict = state.check_response(result, call)
         if verdict.blocked:
             return state.blocked(verdict, "response", call.policy)
         return result
@@ -190,7 +213,6 @@ def _wrap_sync(state: _Guarded) -> Callable[..., Any]:
 
 
 def _wrap_async(state: _Guarded) -> Callable[..., Any]:
-    guard = state.guard
 
     @functools.wraps(state.fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -202,19 +224,12 @@ def _wrap_async(state: _Guarded) -> Callable[..., Any]:
             return result
         if _is_astream(result):
             return state.astream(result, call)
-        item = state.with_response(call.item, result)
-        verdict = await guard.acheck_input(item, policy=call.policy, stage="response", call_id=call.call_id)
+        verdict = await state.acheck_response(result, call)
         if verdict.blocked:
             return state.blocked(verdict, "response", call.policy)
         return result
 
     return guarded
-
-
-async def _aprepare(state: _Guarded, spec: RequestSpec) -> GuardInput:
-    if spec.messages is None and not spec.images:
-        return state.prepare(spec)
-    return await asyncio.to_thread(state.prepare, spec)
 
 
 def _wrap_generator(state: _Guarded) -> Callable[..., Any]:
