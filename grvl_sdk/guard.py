@@ -114,6 +114,15 @@ def _heavy_args(text: Any, response: Any, image: Any, images: Any) -> bool:
     return sum(len(v) for v in (text, response) if isinstance(v, str)) > _HEAVY_CHARS
 
 
+def _harmful_only(request_label: str | None, response_label: str | None) -> dict[str, str | None]:
+    """The labels a failed verdict keeps: only ``harmful`` ones (they block whatever the fail mode); an
+    ``unharmful`` read from an unusable output is no judgement and is not shown as one."""
+    return {
+        "request_label": request_label if request_label == "harmful" else None,
+        "response_label": response_label if response_label == "harmful" else None,
+    }
+
+
 def _check_item(item: Any) -> GuardInput:
     if not isinstance(item, GuardInput):
         raise InputError(f"expected a GuardInput (see Guard.prepare), got {type(item).__name__}")
@@ -857,12 +866,13 @@ class Guard:
                     response_label=exc.response_label,
                 )
             response = exc.response_label if item.response is not None else None
-            return Verdict.from_error(exc, request_label=exc.request_label, response_label=response, **common)
+            return Verdict.from_error(exc, **_harmful_only(exc.request_label, response), **common)
         if item.response is not None and parsed.response_label is None:
             error = ParseError(
                 "a response was given but the guard output has no response label", output=generation.text
             )
-            return Verdict.from_error(error, request_label=parsed.request_label, reasoning=parsed.reasoning, **common)
+            labels = _harmful_only(parsed.request_label, None)
+            return Verdict.from_error(error, reasoning=parsed.reasoning, **labels, **common)
         response_label = parsed.response_label if item.response is not None else None
         request_score, response_score = label_scores(generation.logprobs)
         return Verdict.from_labels(

@@ -59,10 +59,12 @@ class ErrorInfo(BaseModel):
 class Verdict(BaseModel):
     """The guard's judgement of one request (and optional response), and the policy's decision.
 
-    A *failed* verdict (``failed`` is true, ``error`` says why) has no labels and reports
-    ``harmful=True``: a guard that could not judge never reads as "unharmful". Its ``decision`` is
-    ``error-blocked`` or ``error-allowed`` (the fail mode applied, ``fail_reason`` says why), never
-    ``allow``.
+    A *failed* verdict (``failed`` is true, ``error`` says why) reports ``harmful=True``: a guard that
+    could not judge never reads as "unharmful". Its only labels are ``harmful`` ones read outside the
+    reasoning before the output turned out unusable (e.g. ``Request: harmful`` with the response label
+    missing); such a label blocks whatever the fail mode (``decision="block"``). Otherwise its
+    ``decision`` is ``error-blocked`` or ``error-allowed`` (the fail mode applied, ``fail_reason`` says
+    why), never ``allow``.
     """
 
     model_config = ConfigDict(frozen=True)

@@ -256,11 +256,13 @@ def _wrap_async_generator(state: _Guarded) -> Callable[..., Any]:
             yield state.blocked(call.blocking, "request", call.policy)
             return
         source = state.fn(*args, **kwargs)
-        if call.policy.check == "request":
-            async for chunk in source:
+        # ``async for`` does not close what it iterates when the consumer stops early: close it here,
+        # so the source is released and a moderated stream runs its final check.
+        inner = source if call.policy.check == "request" else state.astream(source, call)
+        try:
+            async for chunk in inner:
                 yield chunk
-            return
-        async for chunk in state.astream(source, call):
-            yield chunk
+        finally:
+            await inner.aclose()
 
     return guarded
