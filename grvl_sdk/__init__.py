@@ -8,11 +8,13 @@
 from grvl_sdk.audit import AuditLog
 from grvl_sdk.backends.base import Backend, Generation, GuardInput
 from grvl_sdk.errors import (
+    AuditLogError,
     BackendError,
     CircuitOpenError,
     DeadlineExceededError,
     GRVLError,
     GuardBlocked,
+    GuardClosedError,
     ImageError,
     ImageTooLargeError,
     InputError,
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SYSTEM_PROMPT",
     "AuditLog",
+    "AuditLogError",
     "Backend",
     "BackendError",
     "CircuitOpenError",
@@ -43,6 +46,7 @@ __all__ = [
     "Generation",
     "Guard",
     "GuardBlocked",
+    "GuardClosedError",
     "GuardInput",
     "ImageError",
     "ImageTooLargeError",
