@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grvl_sdk import Guard  # noqa: E402
-from grvl_sdk.backends.remote import MAX_RESPONSE_BYTES  # noqa: E402
-from grvl_sdk.testing import ScriptedBackend, guard_output  # noqa: E402
-from tests._fault_server import FaultServer, completion  # noqa: E402
+from grvl_sdk import Guard
+from grvl_sdk.backends.remote import MAX_RESPONSE_BYTES
+from grvl_sdk.testing import ScriptedBackend, guard_output
+from tests._fault_server import FaultServer, completion
 
 
 def _guard_factories(release: threading.Event) -> dict:
