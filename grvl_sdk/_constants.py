@@ -12,10 +12,18 @@ MODEL_ENV_VAR = "GRVL_MODEL"
 #: before ``<result>`` become failed verdicts, never "unharmful".
 DEFAULT_MAX_NEW_TOKENS = 1024
 
-#: Vision budget per image, in pixels (each 28x28 area is one vision token). 768*768 is the R-SFT
-#: training cap (<= 784 vision tokens); the authors' inference utility allowed 16384*28*28.
-DEFAULT_MAX_PIXELS = 768 * 768
+#: Vision budget per image, in pixels (each 28x28 area is one vision token after the 2x2 merge).
+#: 1280*28*28 = 1,003,520 px (<= 1,280 vision tokens) keeps the authors' evaluation grid for ordinary
+#: photos (1024x768 -> 27x37 = 999 tokens, as their harness) and bounds latency on huge ones (4032x3024
+#: -> 1,230 tokens instead of their 15,552). See docs/performance.md, "Image budget".
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
+#: The R-SFT training cap of the recipe (spec 2.3): 768*768 px, at most 752 vision tokens.
+RSFT_MAX_PIXELS = 768 * 768
+#: The bounds of the authors' evaluation harness (the Qwen utilities): 4*28*28 .. 16384*28*28 px, so up
+#: to 16,384 vision tokens per image (ordinary images at native resolution; very slow on huge ones).
+AUTHORS_MIN_PIXELS = 4 * 28 * 28
+AUTHORS_MAX_PIXELS = 16384 * 28 * 28
 
 #: Images larger than this are refused before decoding (decompression bombs).
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
@@ -28,11 +36,21 @@ MAX_IMAGES_PER_CHECK = 10
 #: The stop marker: generation ends once the verdict block is closed.
 RESULT_CLOSE = "</result>"
 
+# -- evaluation (grvl eval run) ---------------------------------------------------------------
+#: ``grvl eval run`` defaults: the authors' evaluation settings (spec 6.2), so a run is comparable with
+#: the published table. ``Guard`` itself keeps the latency-bounded defaults above.
+EVAL_MIN_PIXELS = AUTHORS_MIN_PIXELS
+EVAL_MAX_PIXELS = AUTHORS_MAX_PIXELS
+#: The authors allowed 4096 new tokens (mean output ~210 tokens, 185 for Eco).
+EVAL_MAX_NEW_TOKENS = 4096
+
 # -- middleware -------------------------------------------------------------------------------
 #: What a blocked wrapped call returns when the policy says ``on_block="refuse"``.
 DEFAULT_REFUSAL = "Sorry, I can't help with that."
 #: Streaming moderation: check the accumulated response every this many characters (and at the end).
 DEFAULT_STREAM_CHECK_EVERY = 400
+#: Inputs generated together by ``check_batch``.
+DEFAULT_BATCH_SIZE = 16
 #: Verdict cache entries (LRU); 0 turns the cache off.
 DEFAULT_CACHE_SIZE = 1024
 #: Micro-batching: at most this many concurrent checks generated together...

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-__all__ = ["DaemonPool", "to_daemon_thread"]
+__all__ = ["DaemonPool", "in_daemon_thread", "to_daemon_thread"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,11 @@ class DaemonPool:
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args, **kwargs)
+                except (StopIteration, StopAsyncIteration) as exc:
+                    # asyncio cannot put these on a future (an awaiting caller would wait forever).
+                    error = RuntimeError(f"{fn!r} raised {type(exc).__name__}")
+                    error.__cause__ = exc
+                    future.set_exception(error)
                 except BaseException as exc:
                     future.set_exception(exc)
                 else:
@@ -81,6 +86,12 @@ class DaemonPool:
 
 
 _SHARED = DaemonPool("grvl-worker")
+
+
+def in_daemon_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    """Start ``fn(*args, **kwargs)`` on a daemon thread now; its future (context variables copied)."""
+    context = contextvars.copy_context()
+    return _SHARED.submit(context.run, fn, *args, **kwargs)
 
 
 async def to_daemon_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

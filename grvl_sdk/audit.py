@@ -20,7 +20,8 @@ Guarantees, and their limits:
 
 A record holds: ``version`` (:data:`AUDIT_RECORD_VERSION`, the first key; absent in files written
 before it), ``ts`` (UTC, ISO 8601), ``id``, ``call_id``, ``stage``, ``model``, ``decision``, ``mode``,
-``fail_mode``, ``fail_reason``, ``harmful``, labels, scores, ``error_code``, ``cached``, timings, token
+``fail_mode``, ``fail_reason`` (only the error code unless ``include_content=True``: messages can quote
+content), ``error_type``, ``harmful``, labels, scores, ``error_code``, ``cached``, timings, token
 counts and SHA-256 ``hashes`` of the request text, the response and each image's pixels, plus
 ``truncated`` (the names of the cut fields) when a field was cut. Raw text is written only with
 ``include_content=True`` (images never: use the hashes).
@@ -40,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.cache import ContentHashes, content_hashes
 from grvl_sdk.errors import AuditLogError, InputError
+from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Verdict
 
 __all__ = [
@@ -83,6 +84,10 @@ def _finite(value: float | None, digits: int | None = None) -> float | None:
     return round(value, digits) if digits is not None else value
 
 
+def _reason_code(verdict: Verdict) -> str | None:
+    return None if verdict.fail_reason is None else verdict.fail_reason.split(":", 1)[0]
+
+
 def audit_record(
     verdict: Verdict, item: GuardInput | None, hashes: ContentHashes | None = None, *, include_content: bool = False
 ) -> dict[str, Any]:
@@ -99,7 +104,10 @@ def audit_record(
         "decision": verdict.decision,
         "mode": verdict.mode,
         "fail_mode": verdict.fail_mode,
-        "fail_reason": verdict.fail_reason,
+        # An error message can quote content (a server echoing the prompt in a 400, a backend exception):
+        # without include_content only its code and type are kept.
+        "fail_reason": verdict.fail_reason if include_content else _reason_code(verdict),
+        "error_type": verdict.error.type if verdict.error else None,
         "harmful": verdict.harmful,
         "request_label": verdict.request_label,
         "response_label": verdict.response_label,
@@ -399,10 +407,17 @@ def read_audit_log(path: str | os.PathLike[str]) -> AuditLogContents:
     Raises:
         AuditLogError: the file cannot be opened or read (``details["path"]``).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"the audit log path must be a str or a path, got {type(path).__name__}")
     records: list[dict[str, Any]] = []
     torn: list[int] = []
     try:
-        with open(path, "rb") as file:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens at once, then is refused
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{os.fspath(path)!r} is not a regular file")
+        os.set_blocking(fd, True)
+        with open(fd, "rb") as file:
             for number, line in enumerate(file, start=1):
                 if not line.strip():
                     continue
@@ -414,6 +429,6 @@ def read_audit_log(path: str | os.PathLike[str]) -> AuditLogContents:
                     records.append(record)
                 else:
                     torn.append(number)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise AuditLogError(f"cannot read the audit log {path}: {exc}", path=str(path)) from exc
     return AuditLogContents(records, torn)

@@ -12,8 +12,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.errors import InputError
+from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Verdict
 
 __all__ = ["ContentHashes", "VerdictCache", "content_hashes"]

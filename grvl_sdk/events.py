@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from grvl_sdk.audit import AuditLog
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.cache import ContentHashes
 from grvl_sdk.errors import AuditLogError
+from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Verdict
 
 __all__ = ["MAX_LOG_FIELD_CHARS", "VerdictHook", "VerdictSink", "log_fields"]

@@ -49,7 +49,7 @@ from typing import IO, Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from grvl_sdk._constants import DEFAULT_MAX_IMAGE_PIXELS, MAX_ASPECT_RATIO
+from grvl_sdk._constants import DEFAULT_MAX_IMAGE_PIXELS, MAX_ASPECT_RATIO, MAX_IMAGES_PER_CHECK
 from grvl_sdk.errors import ImageError, ImageTooLargeError, InputError
 
 __all__ = ["ImageInput", "encode_data_url", "load_image", "load_images", "resize_to_grid", "smart_resize"]
@@ -311,37 +311,56 @@ def _finish(image: Image.Image, max_image_pixels: int, max_pixels: int | None) -
     return image
 
 
-def _load_file(path: str | bytes, max_image_pixels: int, max_pixels: int | None) -> Image.Image:
+def _finish_frames(
+    image: Image.Image, max_image_pixels: int, max_pixels: int | None, frames: bool
+) -> list[Image.Image]:
+    """The image (``frames=False``: its first frame), or every frame of an animated or multi-page one."""
+    count = getattr(image, "n_frames", 1) if frames else 1
+    if not isinstance(count, int) or count <= 1:
+        return [_finish(image, max_image_pixels, max_pixels)]
+    if count > MAX_IMAGES_PER_CHECK:
+        raise ImageError(
+            f"a multi-frame image (animated or multi-page) of {count} frames: at most {MAX_IMAGES_PER_CHECK} "
+            "frames can be judged in one check; pass the frames that matter as images="
+        )
+    out = []
+    try:
+        for index in range(count):
+            image.seek(index)
+            out.append(_finish(image.copy(), max_image_pixels, max_pixels))
+    except ImageError:
+        raise
+    except Exception as exc:  # PIL raises many types on corrupt frames
+        raise ImageError(f"cannot read frame {len(out) + 1} of {count}: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def _load_file(path: str | bytes, max_image_pixels: int, max_pixels: int | None, frames: bool) -> list[Image.Image]:
     with _regular_file(path) as file:  # kept open until converted: multi-frame files read lazily
-        return _finish(_open(file, max_image_pixels), max_image_pixels, max_pixels)
+        return _finish_frames(_open(file, max_image_pixels), max_image_pixels, max_pixels, frames)
 
 
-def load_image(
-    source: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_pixels: int | None = None
-) -> Image.Image:
-    """Load ``source`` as an 8-bit RGB PIL image (pixel modes converted as the module docstring says).
-
-    ``max_image_pixels`` rejects larger images (decompression bombs) with :class:`ImageTooLargeError`.
-    ``max_pixels``, when given, shrinks the image (keeping its aspect ratio) to at most that many pixels.
-    Raises :class:`ImageError` for anything unreadable: missing or non-regular file, bad base64, corrupt
-    data, an unsupported pixel mode or value range, an aspect ratio over 200:1.
-    """
+def _load(source: Any, max_image_pixels: int, max_pixels: int | None, frames: bool) -> list[Image.Image]:
     if isinstance(source, Image.Image):
-        return _finish(source, max_image_pixels, max_pixels)
+        return _finish_frames(source, max_image_pixels, max_pixels, frames)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if not source:
+        try:
+            data = bytes(source)
+        except (TypeError, ValueError, BufferError, NotImplementedError) as exc:  # e.g. a strided memoryview
+            raise ImageError(f"cannot read image bytes from a {type(source).__name__}: {exc}") from exc
+        if not data:
             raise ImageError("image bytes are empty")
-        return _finish(_open(bytes(source), max_image_pixels), max_image_pixels, max_pixels)
+        return _finish_frames(_open(data, max_image_pixels), max_image_pixels, max_pixels, frames)
     if isinstance(source, os.PathLike):
         try:
             path = os.fspath(source)
         except TypeError as exc:
             raise ImageError(f"bad image path: {exc}") from exc
-        return _load_file(path, max_image_pixels, max_pixels)
+        return _load_file(path, max_image_pixels, max_pixels, frames)
     if isinstance(source, str):
         data, found = _bytes_from_string(source)
         if found is not None:
-            return _load_file(str(found), max_image_pixels, max_pixels)
+            return _load_file(str(found), max_image_pixels, max_pixels, frames)
         try:
             image = _open(data, max_image_pixels)  # type: ignore[arg-type]
         except ImageTooLargeError:
@@ -350,16 +369,35 @@ def load_image(
             if _looks_like_path(source) and not _DATA_URL.match(source):
                 raise ImageError(f"image file not found: {source} (nor is it base64 image data: {exc})") from exc
             raise
-        return _finish(image, max_image_pixels, max_pixels)
+        return _finish_frames(image, max_image_pixels, max_pixels, frames)
     raise ImageError(
         f"unsupported image type {type(source).__name__}: pass a path, bytes, a PIL image, base64 or a data: URL"
     )
 
 
+def load_image(
+    source: Any, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_pixels: int | None = None
+) -> Image.Image:
+    """Load ``source`` as an 8-bit RGB PIL image (pixel modes converted as the module docstring says).
+
+    Returns the **first frame** of an animated or multi-page image; :func:`load_images` (what the guard
+    uses) returns every frame. ``max_image_pixels`` rejects larger images (decompression bombs) with
+    :class:`ImageTooLargeError`. ``max_pixels``, when given, shrinks the image (keeping its aspect ratio)
+    to at most that many pixels. Raises :class:`ImageError` for anything unreadable: missing or
+    non-regular file, bad base64, corrupt data, an unsupported pixel mode or value range, an aspect
+    ratio over 200:1.
+    """
+    return _load(source, max_image_pixels, max_pixels, frames=False)[0]
+
+
 def load_images(
     image: Any = None, images: Any = None, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> list[Image.Image]:
-    """Load ``image`` and/or ``images`` (a list) in order; ``None`` gives no image."""
+    """Load ``image`` and/or ``images`` (a list) in order; ``None`` gives no image.
+
+    An animated or multi-page image gives **all its frames**, in order (every frame may hold content:
+    judging only the first would let the others through unseen); more than
+    :data:`~grvl_sdk._constants.MAX_IMAGES_PER_CHECK` frames in one image is an :class:`ImageError`."""
     sources: list[Any] = []
     if image is not None:
         sources.append(image)
@@ -370,7 +408,7 @@ def load_images(
             sources.extend(images)
         except TypeError as exc:
             raise ImageError(f"images= must be a list, got {type(images).__name__}") from exc
-    return [load_image(s, max_image_pixels=max_image_pixels) for s in sources]
+    return [frame for s in sources for frame in _load(s, max_image_pixels, None, frames=True)]
 
 
 def encode_data_url(image: Image.Image, *, format: str = "PNG") -> str:

@@ -1,18 +1,23 @@
 """``Policy``: what a guard does with its verdicts. One per guard, overridable per call.
 
-The decision rule (:meth:`Policy.decide`):
+``check`` says which parts count: ``"request"``, ``"response"`` or ``"both"`` (default). It governs
+direct checks and guarded calls alike: a guarded call skips the stage the policy does not check, and a
+direct check must hold a part the policy checks (else ``InputError``).
 
-- ``block`` when a label the policy checks is ``harmful`` — also when the guard failed to judge the
-  rest (a parsed ``harmful`` is never thrown away, whatever the fail mode). A check without a response
-  judges the request. A check with a response judges the response, and the request too unless
-  ``check="response"`` (then only the response label counts);
-- else, when the guard could not judge (backend error, unparseable or truncated output, deadline,
-  ...): the fail mode decides: ``on_error="block"`` (fail-closed, the default) gives
-  ``error-blocked``, ``on_error="allow"`` (fail-open) gives ``error-allowed``; ``fail_mode`` and
-  ``fail_reason`` are set;
-- else ``allow``.
+The decision rule (:meth:`Policy.decide`), for the labels of the parts the policy checks:
 
-``mode="monitor"`` records and logs the same decisions but never blocks (``verdict.blocked`` is false).
+======================================  ==============  ===================  ======================
+judgement                               ``on_error``    ``decision``         ``blocked``
+======================================  ==============  ===================  ======================
+a checked label is ``harmful``          any             ``block``            yes (``enforce``)
+  (also on a failed verdict)
+judged, no checked label harmful        any             ``allow``            no
+could not judge (``failed``)            ``"block"``     ``error-blocked``    yes (``enforce``)
+could not judge (``failed``)            ``"allow"``     ``error-allowed``    no
+======================================  ==============  ===================  ======================
+
+In ``mode="monitor"`` the same decisions are recorded and logged, and ``blocked`` is always false.
+``fail_mode``/``fail_reason`` are set only when the fail mode decided.
 """
 
 from __future__ import annotations
@@ -20,16 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
 from grvl_sdk._constants import DEFAULT_REFUSAL, DEFAULT_STREAM_CHECK_EVERY
+from grvl_sdk._validation import SettingsModel
 from grvl_sdk.errors import InputError
 from grvl_sdk.verdict import Decision, FailMode, Mode, Verdict
 
 __all__ = ["Policy", "PolicyLike"]
 
 
-class Policy(BaseModel):
+class Policy(SettingsModel):
     """How a guard acts on verdicts. Frozen: derive variants with :meth:`merged` or ``model_copy``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,12 +59,6 @@ class Policy(BaseModel):
     #: Streaming: check the accumulated response every this many characters (and always at the end).
     stream_check_every: int = Field(default=DEFAULT_STREAM_CHECK_EVERY, ge=1)
 
-    def __init__(self, **fields: Any) -> None:
-        try:
-            super().__init__(**fields)
-        except ValidationError as exc:
-            raise InputError(f"invalid policy: {_describe(exc)}", field="policy") from exc
-
     def merged(self, override: PolicyLike | None) -> Policy:
         """This policy with ``override`` applied: a ``Policy`` replaces it, a dict updates some fields."""
         if override is None:
@@ -72,12 +72,10 @@ class Policy(BaseModel):
         return Policy(**{**self.model_dump(), **override})
 
     def flags(self, verdict: Verdict) -> bool:
-        """True when a label this policy checks is ``harmful`` (ignores failure)."""
-        if verdict.response_label is None:
-            return verdict.request_label == "harmful"
-        if verdict.response_label == "harmful":
-            return True
-        return self.check != "response" and verdict.request_label == "harmful"
+        """True when a label this policy checks reads ``harmful`` (on a failed verdict too)."""
+        request = self.check != "response" and verdict.request_label == "harmful"
+        response = self.check != "request" and verdict.response_label == "harmful"
+        return request or response
 
     def decide(self, verdict: Verdict, **fields: Any) -> Verdict:
         """``verdict`` with the decision, mode and fail mode recorded (plus any extra ``fields``)."""
@@ -101,14 +99,6 @@ class Policy(BaseModel):
                 **fields,
             }
         )
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line per problem: ``field: message (got value)``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in error['loc']) or 'policy'}: {error['msg']} (got {error.get('input')!r})"
-        for error in exc.errors()
-    )
 
 
 #: A policy, or a dict of fields overriding the guard's policy for one call.

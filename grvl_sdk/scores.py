@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from grvl_sdk.errors import ParseError
-from grvl_sdk.parsing import parse_output
+from grvl_sdk.protocol.parsing import parse_output
+from grvl_sdk.types import TokenLogprobs
 
 __all__ = ["TokenLogprobs", "label_scores"]
 
@@ -34,18 +33,6 @@ logger = logging.getLogger("grvl_sdk")
 
 _HARMFUL = "harmful"
 _UNHARMFUL = "unharmful"
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Per generated token: its text, and the top alternatives at that step.
-
-    ``alternatives(i)`` maps token text to log-probability for step ``i`` (the chosen token included);
-    it is a callable so a backend can decode alternatives lazily, only where a label was written.
-    """
-
-    tokens: Sequence[str]
-    alternatives: Callable[[int], Mapping[str, float]]
 
 
 def _branch(rest: str) -> str | None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from grvl_sdk._lazy import require
-from grvl_sdk.backends.base import Backend, Generation, GuardInput
+from grvl_sdk.backends.base import Backend
+from grvl_sdk.errors import BackendError
+from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
 __all__ = [
     "QWEN2_5_VL_CHAT_TEMPLATE",
@@ -242,8 +244,8 @@ ScriptedReply = str | Generation | BaseException
 class ScriptedBackend(Backend):
     """A backend that replies from a script instead of a model, to test guarded apps deterministically.
 
-    ``script`` is one reply for every input, a list of replies used in order (an ``IndexError``
-    once exhausted), or a callable ``script(item) -> reply``. A reply is an output text (see
+    ``script`` is one reply for every input, a list of replies used in order (a
+    ``BackendError`` once exhausted), or a callable ``script(item) -> reply``. A reply is an output text (see
     :func:`guard_output`), a ``Generation``, or an exception to raise. ``delay`` seconds are slept per
     ``generate`` call. ``calls`` records the inputs of each call.
 
@@ -265,6 +267,8 @@ class ScriptedBackend(Backend):
         self.delay = delay
         self.finished = finished
         self.calls: list[list[GuardInput]] = []
+        #: The ``max_new_tokens`` of each call.
+        self.max_new_tokens: list[int] = []
         self._position = 0
         self._lock = threading.Lock()
 
@@ -288,22 +292,39 @@ class ScriptedBackend(Backend):
         if isinstance(self.script, (str, Generation, BaseException)):
             return self.script
         with self._lock:
+            if self._position >= len(self.script):
+                raise BackendError(
+                    f"ScriptedBackend ran out of replies: its script had {len(self.script)}, "
+                    f"and reply {self._position + 1} was asked for"
+                )
             reply = self.script[self._position]
             self._position += 1
         return reply
 
-    def generate(self, inputs: Sequence[GuardInput], *, max_new_tokens: int) -> list[Generation]:
+    def generate(
+        self,
+        inputs: Sequence[GuardInput],
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        decoding: Decoding = GREEDY,
+    ) -> list[Generation]:
+        """The scripted replies, ``decoding.n`` per input (the script is asked once per output).
+        ``deadline`` is not looked at: the ``Guard`` enforces it, as for any backend that cannot stop."""
         with self._lock:
             self.calls.append(list(inputs))
+            self.max_new_tokens.append(max_new_tokens)
         if self.delay:
             time.sleep(self.delay)
         generations: list[Generation] = []
-        for item in inputs:
+        for item in (item for item in inputs for _ in range(decoding.n)):
             reply: Any = self._reply(item)
             if isinstance(reply, BaseException):
                 raise reply
             if isinstance(reply, str):
                 words = len(reply.split()) if len(reply) <= 65_536 else len(reply) // 4  # cheap for huge replies
-                reply = Generation(reply, 0, words, self.delay * 1000, self.finished)
+                reply = Generation(
+                    text=reply, completion_tokens=words, latency_ms=self.delay * 1000, finished=self.finished
+                )
             generations.append(reply)
         return generations

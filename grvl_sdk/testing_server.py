@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grvl_sdk._lazy import require
-from grvl_sdk.backends._encoding import EncodedBatch
 from grvl_sdk.errors import GRVLError
 from grvl_sdk.images import load_image
+from grvl_sdk.protocol.encoding import EncodedBatch
 
 __all__ = ["LoopbackServer", "ServerFaults", "ServerState", "create_app"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from grvl_sdk.errors import GRVLError
-from grvl_sdk.parsing import Label
+from grvl_sdk.protocol.parsing import Label
 
 __all__ = ["Decision", "ErrorInfo", "FailMode", "Mode", "Stage", "Usage", "Verdict"]
 
@@ -59,12 +59,21 @@ class ErrorInfo(BaseModel):
 class Verdict(BaseModel):
     """The guard's judgement of one request (and optional response), and the policy's decision.
 
-    A *failed* verdict (``failed`` is true, ``error`` says why) reports ``harmful=True``: a guard that
-    could not judge never reads as "unharmful". Its only labels are ``harmful`` ones read outside the
-    reasoning before the output turned out unusable (e.g. ``Request: harmful`` with the response label
-    missing); such a label blocks whatever the fail mode (``decision="block"``). Otherwise its
-    ``decision`` is ``error-blocked`` or ``error-allowed`` (the fail mode applied, ``fail_reason`` says
-    why), never ``allow``.
+    Three separate questions, three separate fields:
+
+    - ``harmful``: did the guard **judge** something harmful? (a label that reads ``harmful``; never set
+      by a failure alone);
+    - ``failed`` / ``error``: could the guard **not judge** (backend error, unparseable output,
+      deadline)? A failed verdict keeps only the ``harmful`` labels it read outside the reasoning
+      before the output turned out unusable (e.g. ``Request: harmful`` with the response label
+      missing); an ``unharmful`` from an unusable output is no judgement and is dropped;
+    - ``decision`` / ``blocked``: what the **policy** did with it (see :mod:`grvl_sdk.policy` for the
+      full table): ``allow``/``block`` on a judgement — a ``harmful`` label the policy checks blocks
+      even on a failed verdict —, ``error-allowed``/``error-blocked`` when the fail mode decided.
+      ``blocked`` is true when the decision blocks and the policy enforces (``monitor`` never blocks).
+
+    Only the parts given are judged: ``response_label`` is ``None`` without a response, and
+    ``request_label`` is ``None`` for a response-only check.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -72,8 +81,6 @@ class Verdict(BaseModel):
     request_label: Label | None = None
     #: ``None`` when no response was given (nothing to judge).
     response_label: Label | None = None
-    #: True if any judged part is harmful, or if the check failed (fail-closed).
-    harmful: bool
     reasoning: str | None = None
     raw_output: str = ""
     usage: Usage = Field(default_factory=Usage)
@@ -97,6 +104,12 @@ class Verdict(BaseModel):
     call_id: str | None = None
     stage: Stage | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def harmful(self) -> bool:
+        """True when a label the guard wrote reads ``harmful`` (also on a failed verdict that kept one)."""
+        return self.request_label == "harmful" or self.response_label == "harmful"
+
     @property
     def failed(self) -> bool:
         """True when the guard produced no usable judgement (see ``error``)."""
@@ -104,16 +117,16 @@ class Verdict(BaseModel):
 
     @property
     def blocked(self) -> bool:
-        """True when the decision blocks and the policy enforces it (``monitor`` mode never blocks)."""
+        """True when the decision blocks and the policy enforces it (``monitor`` mode never blocks). A
+        verdict built by hand without a decision is blocked when harmful or failed (fail-closed)."""
         if self.decision is None:
-            return self.harmful
+            return self.harmful or self.failed
         return self.mode != "monitor" and self.decision in ("block", "error-blocked")
 
     @classmethod
-    def from_labels(cls, request_label: Label, response_label: Label | None, **fields: Any) -> Verdict:
-        harmful = request_label == "harmful" or response_label == "harmful"
-        return cls(request_label=request_label, response_label=response_label, harmful=harmful, **fields)
+    def from_labels(cls, request_label: Label | None, response_label: Label | None, **fields: Any) -> Verdict:
+        return cls(request_label=request_label, response_label=response_label, **fields)
 
     @classmethod
     def from_error(cls, exc: BaseException, **fields: Any) -> Verdict:
-        return cls(harmful=True, error=ErrorInfo.from_exception(exc), **fields)
+        return cls(error=ErrorInfo.from_exception(exc), **fields)

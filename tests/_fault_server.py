@@ -30,6 +30,8 @@ class FaultServer:
     def __init__(self, mode: str, *, body: bytes = b"{}", status: int = 200, interval: float = 0.2) -> None:
         self.mode, self.body, self.status, self.interval = mode, body, status, interval
         self.requests = 0
+        #: Raw header lines added to every answer (e.g. ``b"content-encoding: gzip\r\n"``).
+        self.extra_headers = b""
         self._stop = threading.Event()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,9 +81,13 @@ class FaultServer:
                         self._stop.wait()
                         return
                     headers = (
-                        f"HTTP/1.1 {self.status} X\r\ncontent-type: application/json\r\n"
-                        f"content-length: {len(self.body)}\r\n\r\n"
-                    ).encode()
+                        (
+                            f"HTTP/1.1 {self.status} X\r\ncontent-type: application/json\r\n"
+                            f"content-length: {len(self.body)}\r\n"
+                        ).encode()
+                        + self.extra_headers
+                        + b"\r\n"
+                    )
                     if self.mode == "slow-headers":
                         for byte in headers:
                             if self._stop.wait(self.interval):

@@ -36,7 +36,7 @@ def test_check_text_and_image_json(tiny_guard_path):
     assert result.returncode == 0, result.stderr
     verdict = json.loads(result.stdout)
     # Random weights: no verdict block, so a failed, fail-closed verdict.
-    assert verdict["failed"] is True and verdict["harmful"] is True
+    assert verdict["failed"] is True and verdict["harmful"] is False and verdict["blocked"] is True
     assert verdict["error"]["code"] == "unparseable_output"
     assert verdict["usage"]["completion_tokens"] == 8
     assert "Loading guard model" in result.stderr

@@ -100,7 +100,8 @@ def test_unparseable_output_is_a_failed_fail_closed_verdict(tiny_guard):
     verdict = tiny_guard.check("hello")
     # The tiny guard's weights are random: it writes no verdict block.
     assert verdict.failed
-    assert verdict.harmful is True
+    # Failed, not judged: harmful is about judgements; the fail mode (block by default) decides.
+    assert verdict.harmful is False and verdict.blocked and verdict.decision == "error-blocked"
     assert verdict.request_label is None
     assert verdict.error.code == "unparseable_output"
     assert verdict.model == tiny_guard.model_id
@@ -120,7 +121,12 @@ class ScriptedBackend(Backend):
 
     def generate(self, inputs, *, max_new_tokens):
         self.calls.append(list(inputs))
-        return [Generation(self.outputs.pop(0), 10, 5, 1.0, self.finished) for _ in inputs]
+        return [
+            Generation(
+                text=self.outputs.pop(0), prompt_tokens=10, completion_tokens=5, latency_ms=1.0, finished=self.finished
+            )
+            for _ in inputs
+        ]
 
 
 @pytest.mark.parametrize(
@@ -153,13 +159,13 @@ def test_missing_response_label_when_a_response_was_given_fails_closed():
     verdict = Guard(ScriptedBackend(["<think>r</think><result>Request: unharmful</result>"])).check(
         "hi", response="some answer"
     )
-    assert verdict.failed and verdict.harmful
+    assert verdict.failed and not verdict.harmful and verdict.blocked
     assert "response" in verdict.error.message
 
 
 def test_truncated_output_is_reported_as_truncated():
     verdict = Guard(ScriptedBackend(["<think>step one, step two"], finished=False)).check("hi")
-    assert verdict.failed and verdict.harmful
+    assert verdict.failed and not verdict.harmful and verdict.blocked
     assert "truncated" in verdict.error.message
 
 

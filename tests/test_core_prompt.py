@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grvl_sdk import InputError, build_messages, build_transcript, render_prompt
-from grvl_sdk.prompt import SYSTEM_PROMPT
+from grvl_sdk.protocol.prompt import SYSTEM_PROMPT, neutralize_tags
 
 # The spec's system message, written out independently of the package constant.
 SPEC_SYSTEM = (
@@ -159,9 +159,12 @@ def test_injected_markers_create_no_special_tokens_or_image_slots(tiny_guard, rg
     assert _special_counts(tiny_guard, attacked_ids) == clean_counts
     vision_start = tiny_guard.backend.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     assert attacked_ids.count(vision_start) == n_images
-    # The user's text survives verbatim in the prompt string and in the decoded tokens.
-    assert injection in tiny_guard.format_prompt(images=images, **attacked)
-    assert injection in tiny_guard.backend.tokenizer.decode(attacked_ids)
+    # The user's text survives verbatim in the prompt string and in the decoded tokens, except the output
+    # protocol's tags (<think>, <result>), broken by a zero-width space so an echo cannot end the reasoning.
+    kept = neutralize_tags(injection)
+    assert kept in tiny_guard.format_prompt(images=images, **attacked)
+    assert kept in tiny_guard.backend.tokenizer.decode(attacked_ids)
+    assert ("<result>" in injection) == (kept != injection)
 
 
 def test_slot_markers_in_user_text_are_not_substituted(tiny_guard):
@@ -180,7 +183,7 @@ _text = st.lists(
 @given(request=_text, response=st.one_of(st.none(), _text), n_images=st.integers(0, 2))
 def test_fuzzed_user_text_never_changes_structure(tiny_guard, rgb_image, request, response, n_images):
     images = [rgb_image] * n_images or None
-    if not request and not images:
+    if not request and not images and response is None:
         with pytest.raises(InputError):
             tiny_guard.prepare(request, images=images, response=response)
         return

@@ -92,6 +92,11 @@ def test_tiny_guard_run_interrupted_then_resumed(tiny_guard_path, benchmark_dir,
         assert (out / name).is_file()
     saved = json.loads((out / "results.json").read_text())
     assert saved["meta"]["max_new_tokens"] == 3 and saved["meta"]["limit"] == 50
+    assert (saved["meta"]["min_pixels"], saved["meta"]["max_pixels"]) == (4 * 28 * 28, 16384 * 28 * 28)
+    assert (
+        "Settings: greedy decoding, max_new_tokens 3, images resized within 3,136–12,845,056 pixels"
+        in (out / "results.md").read_text()
+    )
     assert saved["results"][0]["mean_completion_tokens"] > 0
 
     # re-scoring the folder with the SDK parser reproduces the run's numbers
@@ -139,3 +144,6 @@ def test_run_against_a_guard_server(tiny_guard, benchmark_dir, tmp_path, capsys)
     assert (result["name"], result["n"], result["failed"]) == ("SimpleSafetyTests", 4, 0)
     lines = read_lines(out / "predictions" / "SimpleSafetyTests.jsonl")
     assert [x["completion_tokens"] for x in lines] == [3, 3, 3, 3]
+    # the remote guard was built with grvl eval run's pixel bounds (the authors' 4*28*28..16384*28*28)
+    state = json.loads((out / "run.json").read_text())
+    assert (state["min_pixels"], state["max_pixels"], state["max_new_tokens"]) == (4 * 28 * 28, 16384 * 28 * 28, 3)

@@ -37,7 +37,10 @@ class ScriptedBackend(Backend):
         self.calls.append(texts)
         if "boom" in texts:
             raise BackendError("device on fire")
-        return [Generation(self.answers.get(t or "", JUNK), 10, 7, 50.0) for t in texts]
+        return [
+            Generation(text=self.answers.get(t or "", JUNK), prompt_tokens=10, completion_tokens=7, latency_ms=50.0)
+            for t in texts
+        ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -209,9 +212,13 @@ def test_markdown_report_layout_and_published_comparison(tmp_path, data):
     )
     assert header in text
     assert "| scripted-guard | – | – | – | – | – | – | – | – | 66.67 | 66.67 | 66.67 |" in text
-    assert "| GuardReasoner-VL-7B | – | – | – | – | – | – | – | – | – | 79.88 | 79.07 |" in text
-    assert "| GuardReasoner-VL-7B | – | – | – | – | – | – | – | 79.42 | 77.58 |" in text
+    assert (
+        "| GuardReasoner-VL-7B | 76.51 | 70.98 | 90.13 | 98.99 | 98.30 | 88.35 | 70.84 | 85.60 | – | 79.88 | 79.07 |"
+        in text
+    )
+    assert "| GuardReasoner-VL-7B | 87.22 | 66.37 | 84.76 | 92.72 | 79.04 | 73.22 | – | 79.42 | 77.58 |" in text
+    assert "- GuardReasoner-VL-7B: GuardReasoner-VL paper (arXiv 2505.11049), per-benchmark F1" in text
     assert "false negative on a harmful sample" in text
     with pytest.raises(EvalError, match="no published model"):
         load_compare("published:NoSuchGuard")
-    assert len(load_compare("published")) == 8
+    assert len(load_compare("published")) == 11

@@ -27,10 +27,10 @@ from grvl_sdk.audit import (
     encode_audit_record,
     read_audit_log,
 )
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.errors import AuditLogError, InputError
 from grvl_sdk.events import MAX_LOG_FIELD_CHARS
 from grvl_sdk.testing import ScriptedBackend, guard_output
+from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,7 +286,7 @@ WRITER_BIG = textwrap.dedent(
     """
     import sys
     from grvl_sdk.audit import AuditLog
-    from grvl_sdk.backends.base import GuardInput
+    from grvl_sdk.types import GuardInput
     from grvl_sdk.verdict import Verdict
 
     log = AuditLog(sys.argv[1], include_content=True)
@@ -431,13 +431,32 @@ def test_every_record_starts_with_the_version(tmp_path):
 # -- the same kinds elsewhere: unbounded values in log records ---------------------------------------
 def test_log_records_and_audit_records_bound_a_huge_fail_reason(tmp_path, caplog):
     path = tmp_path / "audit.jsonl"
-    guard = Guard(ScriptedBackend(BackendError("server said: " + "z" * 1_000_000)), audit_log=path)
+    # With include_content the message is written (bounded); without it only the error code (next test).
+    audit = AuditLog(path, include_content=True)
+    guard = Guard(ScriptedBackend(BackendError("server said: " + "z" * 1_000_000)), audit_log=audit)
     with caplog.at_level(logging.WARNING, logger="grvl_sdk"):
         verdict = guard.check("hello")
     guard.close()
+    audit.close()
     (record,) = [r for r in caplog.records if hasattr(r, "grvl_fail_reason")]
     assert len(record.grvl_fail_reason) < MAX_LOG_FIELD_CHARS + 50 and "truncated" in record.grvl_fail_reason
     assert len(record.getMessage()) < MAX_LOG_FIELD_CHARS + 300
     (line,) = read_audit_log(path).records
     assert line["truncated"] == ["fail_reason"] and line["id"] == verdict.id
     assert f"{len(verdict.fail_reason)} chars" in line["fail_reason"]
+
+
+def test_error_messages_that_may_quote_content_stay_out_of_the_audit_log(tmp_path):
+    """A server echoing the prompt in its error (a 400) or a backend exception quoting the input: without
+    include_content the audit line keeps only the error code and type."""
+    path = tmp_path / "audit.jsonl"
+    guard = Guard(ScriptedBackend(BackendError("400: bad prompt 'MY-SECRET-SSN-123'")), audit_log=path)
+    guard.check("MY-SECRET-SSN-123")
+    guard.close()
+    assert "MY-SECRET" not in path.read_text()
+    (line,) = read_audit_log(path).records
+    assert (line["fail_reason"], line["error_code"], line["error_type"]) == (
+        "backend_error",
+        "backend_error",
+        "BackendError",
+    )

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from grvl_sdk import BackendError, Guard, InputError
-from grvl_sdk._batching import MicroBatcher
-from grvl_sdk.backends.base import Generation, GuardInput
+from grvl_sdk.backends.batching import MicroBatcher
 from grvl_sdk.testing import ScriptedBackend, guard_output
+from grvl_sdk.types import Generation, GuardInput
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,10 @@ def test_batches_never_mix_max_new_tokens_and_one_bad_input_does_not_fail_others
         seen.append([item.text for item in items])
         if any(item.text == "poisoned" for item in items):
             raise BackendError("this input breaks the model")
-        return [Generation(f"{item.text}:{max_new_tokens}", 1, 1, 1.0) for item in items]
+        return [
+            Generation(text=f"{item.text}:{max_new_tokens}", prompt_tokens=1, completion_tokens=1, latency_ms=1.0)
+            for item in items
+        ]
 
     batcher = MicroBatcher(run, max_batch_size=8, max_wait_ms=50)
     first = batcher.submit(GuardInput(text="gate"), max_new_tokens=4, deadline=None)

@@ -89,7 +89,7 @@ def _failures() -> list[tuple[str, object]]:
         ("backend_error", RuntimeError("CUDA error: device-side assert")),
         ("backend_error", BackendError("out of memory")),
         ("unparseable_output", "I think this is fine."),
-        ("unparseable_output", Generation("<think>step one", 10, 64, 1.0, finished=False)),
+        ("unparseable_output", Generation(text="<think>step one", completion_tokens=64, finished=False)),
     ]
 
 
@@ -99,7 +99,8 @@ def test_fail_modes_on_backend_exception_and_unparseable_output(code, reply, on_
     guard = Guard(ScriptedBackend(reply), policy={"on_error": on_error})
     verdict = guard.check("hello")
     assert verdict.failed and verdict.error.code == code
-    assert verdict.harmful is True  # a failed check never reads as "unharmful"
+    assert verdict.harmful is False  # nothing was judged harmful: the fail mode decides instead
+    assert verdict.request_label is None and verdict.response_label is None
     assert verdict.decision == decision and verdict.fail_mode == on_error
     assert verdict.fail_reason.startswith(code)
     assert verdict.blocked is (on_error == "block")
@@ -201,4 +202,5 @@ def test_guard_blocked_carries_the_verdict():
 def test_verdict_fields_roundtrip_and_blocked_without_decision():
     verdict = Guard(ScriptedBackend(guard_output("unharmful"))).check("x")
     assert Verdict.model_validate_json(verdict.model_dump_json()) == verdict
-    assert Verdict(harmful=True).blocked is True and Verdict(harmful=False).blocked is False
+    assert Verdict(request_label="harmful").blocked is True and Verdict(request_label="unharmful").blocked is False
+    assert Verdict(error={"code": "backend_error", "type": "X", "message": "m"}).blocked is True  # fail-closed

@@ -190,7 +190,11 @@ def test_openai_messages_with_data_url_images(rgb_image):
     result = chat(model="vlm", messages=messages)
     assert result["choices"][0]["message"]["content"] == "A red rectangle."
     request_item, response_item = (call[0] for call in guard.backend.calls)
-    assert request_item.text == "What is in this picture?" and request_item.response is None
+    # The system message is context the model sees, so the guard judges it too.
+    expected = (
+        "[Earlier in the conversation]\nSystem: You are helpful.\n[Latest user message]\nWhat is in this picture?"
+    )
+    assert request_item.text == expected and request_item.response is None
     assert request_item.images[0].tobytes() == rgb_image.tobytes()
     assert response_item.response == "A red rectangle." and len(response_item.images) == 1
     with pytest.raises(GuardBlocked):
@@ -227,7 +231,8 @@ def test_custom_extractors():
 
 
 def test_default_extractors():
-    assert response_text({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, "b"]}}]}) == "ab"
+    # Text parts of one message are separate blocks: joined with a newline.
+    assert response_text({"choices": [{"message": {"content": [{"type": "text", "text": "a"}, "b"]}}]}) == "a\nb"
     assert response_text(type("AIMessage", (), {"content": "lc"})()) == "lc"
     assert chunk_text({"choices": [{"delta": {"content": None}}]}) == ""
     assert chunk_text({"choices": []}) == ""

@@ -26,7 +26,7 @@ from grvl_sdk import CircuitOpenError, Guard, InputError
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
 from grvl_sdk.backends.remote import RemoteBackend
 from grvl_sdk.images import resize_to_grid
-from grvl_sdk.prompt import SYSTEM_PROMPT
+from grvl_sdk.protocol.prompt import SYSTEM_PROMPT
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

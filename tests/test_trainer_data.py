@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from grvl_sdk.errors import DataError, InputError
-from grvl_sdk.prompt import SYSTEM_PROMPT, build_transcript
+from grvl_sdk.protocol.prompt import SYSTEM_PROMPT, build_transcript
 from grvl_sdk.trainer import (
     ColumnMap,
     TrainingSample,

@@ -107,7 +107,7 @@ def test_unreadable_image_names_its_source(tiny_guard, tmp_path):
 
 
 def test_canonical_completion_parses_back():
-    from grvl_sdk.parsing import parse_output
+    from grvl_sdk.protocol.parsing import parse_output
 
     parsed = parse_output(render_completion("Step 1.\nStep 2.", "harmful", None))
     assert (parsed.request_label, parsed.response_label, parsed.reasoning, parsed.source) == (

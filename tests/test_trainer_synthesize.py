@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from grvl_sdk.errors import TrainingConfigError
-from grvl_sdk.prompt import SYSTEM_PROMPT
+from grvl_sdk.protocol.prompt import SYSTEM_PROMPT
 from grvl_sdk.trainer import TrainingSample, load_vltrain, synthesize, validate_teacher_answer
 from grvl_sdk.trainer.synthesize import teacher_messages
 

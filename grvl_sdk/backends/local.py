@@ -29,12 +29,12 @@ from grvl_sdk._constants import (
 )
 from grvl_sdk._lazy import require
 from grvl_sdk._threads import to_daemon_thread
-from grvl_sdk.backends._encoding import EncodedBatch, PromptEncoder
 from grvl_sdk.backends._processor import load_processor
-from grvl_sdk.backends.base import Backend, Generation, GuardInput
+from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError, ModelLoadError
-from grvl_sdk.parsing import verdict_end
-from grvl_sdk.scores import TokenLogprobs
+from grvl_sdk.protocol.encoding import EncodedBatch, PromptEncoder
+from grvl_sdk.protocol.parsing import verdict_end
+from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
 
 __all__ = ["LocalBackend", "Quantization"]
 
@@ -331,17 +331,21 @@ class LocalBackend(Backend):
             ids.add(im_end)
         return ids
 
-    def generation_config(self, max_new_tokens: int) -> Any:
-        """The authors' decoding: greedy, repetition penalty 1.0 (overrides the checkpoint's sampling)."""
+    def generation_config(self, max_new_tokens: int, decoding: Decoding = GREEDY) -> Any:
+        """The authors' decoding by default — greedy, repetition penalty 1.0 — overriding the checkpoint's
+        sampling settings; ``decoding`` with ``temperature > 0`` samples (training: rejection sampling,
+        rollouts), ``n`` outputs per input."""
         transformers = require("transformers", extra="local")
+        sampling = not decoding.greedy
         return transformers.GenerationConfig(
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            do_sample=sampling,
             num_beams=1,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=50,
-            repetition_penalty=1.0,
+            num_return_sequences=decoding.n,
+            temperature=decoding.temperature if sampling else 1.0,
+            top_p=decoding.top_p if sampling else 1.0,
+            top_k=(decoding.top_k or 0) if sampling else 50,
+            repetition_penalty=decoding.repetition_penalty,
             eos_token_id=sorted(self._eos_ids),
             pad_token_id=self.encoder.pad_token_id,
         )
@@ -368,22 +372,34 @@ class LocalBackend(Backend):
         return f"local:{self.encoder.min_pixels}:{self.encoder.max_pixels}:{dtype}"
 
     def generate(
-        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+        self,
+        inputs: Sequence[GuardInput],
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        decoding: Decoding = GREEDY,
     ) -> list[Generation]:
-        """Generate one output per input. ``deadline`` (a ``time.monotonic()`` value) stops generation
-        and raises :class:`DeadlineExceededError` once passed."""
+        """Generate ``decoding.n`` outputs per input (input-major). ``deadline`` (a ``time.monotonic()``
+        value) stops generation and raises :class:`DeadlineExceededError` once passed."""
         if self.model is None:
             raise GuardClosedError("the local backend is closed (its model was released)")
         if not inputs:
             return []
         batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
-        return self.generate_encoded(batch, max_new_tokens=max_new_tokens, deadline=deadline)
+        return self.generate_encoded(batch, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding)
 
     async def agenerate(
-        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+        self,
+        inputs: Sequence[GuardInput],
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        decoding: Decoding = GREEDY,
     ) -> list[Generation]:
-        """Async twin of :meth:`generate` (runs in a worker thread)."""
-        return await to_daemon_thread(self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline)
+        """Async twin of :meth:`generate` (runs on a worker thread)."""
+        return await to_daemon_thread(
+            self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding
+        )
 
     def generate_encoded(
         self,
@@ -392,6 +408,7 @@ class LocalBackend(Backend):
         max_new_tokens: int,
         deadline: float | None = None,
         score_every_step: bool | None = None,
+        decoding: Decoding = GREEDY,
     ) -> list[Generation]:
         """Generate from already tokenised inputs (``EncodedBatch``, left-padded).
 
@@ -419,7 +436,7 @@ class LocalBackend(Backend):
         kwargs: dict[str, Any] = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
-            "generation_config": self.generation_config(max_new_tokens),
+            "generation_config": self.generation_config(max_new_tokens, decoding),
             "stopping_criteria": stopping,
         }
         if batch.mm_token_type_ids is not None:
@@ -437,6 +454,8 @@ class LocalBackend(Backend):
         handle = head.register_forward_hook(scores.hook) if head is not None and scores is not None else None
         try:
             started = time.perf_counter()
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)  # under the model lock: reproducible sampling
             try:
                 with torch.inference_mode():
                     output = self.model.generate(**kwargs)
@@ -455,7 +474,7 @@ class LocalBackend(Backend):
             self._to_generation(
                 row,
                 width,
-                batch.prompt_lengths[i],
+                batch.prompt_lengths[i // decoding.n],
                 latency_ms,
                 max_new_tokens,
                 None if recorded is None else (recorded[i] if recorded else {}),

@@ -63,12 +63,12 @@ from grvl_sdk._constants import (
     SCORE_TOP_K,
 )
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
-from grvl_sdk.backends.base import Backend, Generation, GuardInput
+from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import DeadlineExceededError, GuardClosedError, InputError, RemoteBackendError
 from grvl_sdk.images import resize_to_grid
-from grvl_sdk.parsing import verdict_end
-from grvl_sdk.prompt import build_messages
-from grvl_sdk.scores import TokenLogprobs
+from grvl_sdk.protocol.parsing import verdict_end
+from grvl_sdk.protocol.prompt import build_messages
+from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
 
 __all__ = ["API_KEY_ENV_VAR", "MAX_RESPONSE_BYTES", "RemoteBackend"]
 
@@ -103,6 +103,33 @@ def _encode_body(body: Mapping[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (UnicodeEncodeError, ValueError, TypeError) as exc:
         raise InputError(f"the guard request cannot be encoded as JSON: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}", field=name)
+
+
+def _check_encoding(response: httpx.Response) -> None:
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RemoteBackendError(
+            f"the guard server sent a compressed answer ({encoding!r}) although none was accepted",
+            status_code=response.status_code,
+        )
+
+
+def _choice(choice: Any) -> tuple[str, str | None]:
+    """(text, finish_reason) of one choice; ``TypeError`` when a field has the wrong type."""
+    text = choice["message"].get("content")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise TypeError(f"message.content must be a string, got {type(text).__name__}")
+    finish_reason = choice.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise TypeError(f"finish_reason must be a string, got {type(finish_reason).__name__}")
+    return text, finish_reason
 
 
 def _count(usage: Mapping[str, Any], name: str) -> int:
@@ -166,16 +193,30 @@ class RemoteBackend(Backend):
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise InputError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if not model:
-            raise InputError("model must name the model served by the server")
-        if image_format.upper() not in ("PNG", "JPEG"):
+        if not isinstance(model, str) or not model:
+            raise InputError(f"model must name the model served by the server (a string), got {model!r}")
+        if not isinstance(image_format, str) or image_format.upper() not in ("PNG", "JPEG"):
             raise InputError(f"image_format must be 'PNG' or 'JPEG', got {image_format!r}")
-        if max_connections < 1 or score_top_k < 0:
-            raise InputError("max_connections must be >= 1 and score_top_k >= 0")
-        if min_pixels < 1 or (max_pixels is not None and max_pixels < min_pixels):
-            raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        for name, value, low in (
+            ("max_retries", max_retries, 0), ("breaker_threshold", breaker_threshold, 0),
+            ("max_connections", max_connections, 1), ("score_top_k", score_top_k, 0), ("min_pixels", min_pixels, 1),
+        ):  # fmt: skip
+            _check_int(name, value, low)
+        if max_pixels is not None:
+            _check_int("max_pixels", max_pixels, min_pixels)
+        for name, number in (("backoff_base", backoff_base), ("backoff_max", backoff_max),
+                             ("breaker_reset_s", breaker_reset_s)):  # fmt: skip
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+                raise InputError(f"{name} must be a finite number of seconds >= 0, got {number!r}", field=name)
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise InputError(f"extra_body must be a dict, got {type(extra_body).__name__}")
+        if headers is not None and not isinstance(headers, Mapping):
+            raise InputError(f"headers must be a dict of strings, got {type(headers).__name__}")
+        if api_key is not None and not (isinstance(api_key, str) and api_key.isascii()):
+            raise InputError("api_key must be an ASCII string")  # never echoed: it is a secret
+        for header, value in (headers or {}).items():
+            if not (isinstance(header, str) and isinstance(value, str) and (header + value).isascii()):
+                raise InputError(f"header {header!r} must have an ASCII string name and value")
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model_id = model
@@ -201,7 +242,8 @@ class RemoteBackend(Backend):
                 pool=DEFAULT_POOL_TIMEOUT,
             )
         key = api_key or os.environ.get(API_KEY_ENV_VAR)
-        self._headers = {"content-type": "application/json", **(headers or {})}
+        # Answers uncompressed: a compressed body is refused, so no decompression bomb can be sent back.
+        self._headers = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}
         if key:
             self._headers["authorization"] = f"Bearer {key}"
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -227,8 +269,8 @@ class RemoteBackend(Backend):
         return None if self.max_pixels is None else (self.min_pixels, self.max_pixels)
 
     # -- request / response ------------------------------------------------------------------
-    def payload(self, item: GuardInput, max_new_tokens: int) -> dict[str, Any]:
-        """The JSON body sent for one input."""
+    def payload(self, item: GuardInput, max_new_tokens: int, decoding: Decoding = GREEDY) -> dict[str, Any]:
+        """The JSON body sent for one input (greedy unless ``decoding`` samples; ``n`` choices)."""
         bounds = self.image_bounds
         images = [
             image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
@@ -245,17 +287,23 @@ class RemoteBackend(Backend):
             "model": self.model_id,
             "messages": messages,
             "max_tokens": max_new_tokens,
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "n": 1,
+            "temperature": decoding.temperature,
+            "top_p": decoding.top_p,
+            "n": decoding.n,
             "stream": False,
         }
+        if decoding.top_k is not None:
+            body["top_k"] = decoding.top_k
+        if decoding.seed is not None:
+            body["seed"] = decoding.seed
         if self.score_top_k:
             body["logprobs"] = True
             body["top_logprobs"] = self.score_top_k
         if self.send_pixel_bounds and self.image_bounds is not None and urls:
             body["mm_processor_kwargs"] = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
         body.update(self.extra_body)
+        if decoding.repetition_penalty != 1.0:
+            body["repetition_penalty"] = decoding.repetition_penalty
         return body
 
     @staticmethod
@@ -286,41 +334,41 @@ class RemoteBackend(Backend):
 
         return TokenLogprobs(tokens=tokens, alternatives=alternatives)
 
-    def _generation(self, status: int, content: bytes, latency_ms: float) -> Generation:
+    def _generations(self, status: int, content: bytes, latency_ms: float, n: int) -> list[Generation]:
+        """The answer's ``n`` choices as generations, in index order (a malformed answer is a
+        :class:`RemoteBackendError` of this call)."""
         try:
             body = json.loads(content)
-            choice = body["choices"][0]
-            text = choice["message"].get("content")
-            if text is None:
-                text = ""
-            if not isinstance(text, str):
-                raise TypeError(f"message.content must be a string, got {type(text).__name__}")
-            finish_reason = choice.get("finish_reason")
-            if finish_reason is not None and not isinstance(finish_reason, str):
-                raise TypeError(f"finish_reason must be a string, got {type(finish_reason).__name__}")
+            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))[:n]
+            if len(choices) != n:
+                raise ValueError(f"{len(choices)} choices for n={n}")
             usage = body.get("usage") or {}
             prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+            parsed = [_choice(choice) for choice in choices]
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:  # JSON and Unicode errors too
             raise RemoteBackendError(
                 f"malformed chat completion from the guard server: {type(exc).__name__}: {exc}",
                 status_code=status,
             ) from exc
-        end = verdict_end(text)
-        if end is not None:
-            text = text[:end]
-        return Generation(
-            text=text,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=latency_ms,
-            finished=finish_reason != "length",
-            logprobs=self._logprobs(choice),
-        )
+        generations = []
+        for choice, (text, finish_reason) in zip(choices, parsed, strict=True):
+            end = verdict_end(text)
+            generations.append(
+                Generation(
+                    text=text if end is None else text[:end],
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens // n,
+                    latency_ms=latency_ms,
+                    finished=finish_reason != "length",
+                    logprobs=self._logprobs(choice),
+                )
+            )
+        return generations
 
-    def _timeout(self, deadline: float | None) -> tuple[httpx.Timeout, bool]:
-        """The attempt's timeouts, capped by the deadline; and whether the deadline is the binding cap."""
+    def _timeout(self, deadline: float | None) -> httpx.Timeout:
+        """The attempt's timeouts, each capped by the time left before the deadline."""
         if deadline is None:
-            return self.timeout, False
+            return self.timeout
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError("deadline passed before the guard server answered")
@@ -333,11 +381,13 @@ class RemoteBackend(Backend):
                 ("pool", self.timeout.pool),
             )
         }
-        return httpx.Timeout(**parts), self.timeout.read is None or remaining < self.timeout.read
+        return httpx.Timeout(**parts)
 
-    def _classify(self, status: int, content: bytes, headers: httpx.Headers, latency_ms: float) -> Generation:
+    def _classify(
+        self, status: int, content: bytes, headers: httpx.Headers, latency_ms: float, n: int
+    ) -> list[Generation]:
         if status == 200:
-            return self._generation(status, content, latency_ms)
+            return self._generations(status, content, latency_ms, n)
         snippet = content[:300].decode("utf-8", "replace")
         hint = ""
         if status == 404 and not self.base_url.rstrip("/").endswith("/v1"):
@@ -353,8 +403,10 @@ class RemoteBackend(Backend):
         if received > MAX_RESPONSE_BYTES:
             raise RemoteBackendError(f"the guard server's answer is over {MAX_RESPONSE_BYTES} bytes")
 
-    def _transport_error(self, exc: httpx.HTTPError, capped: bool) -> Exception:
-        if isinstance(exc, httpx.TimeoutException) and capped:
+    def _transport_error(self, exc: httpx.HTTPError, deadline: float | None) -> Exception:
+        # A timeout is the deadline's only when the deadline is (about) reached; otherwise a phase timed
+        # out on its own (connect, pool...): a transport failure, retried and counted by the breaker.
+        if isinstance(exc, httpx.TimeoutException) and deadline is not None and time.monotonic() >= deadline - 0.05:
             return DeadlineExceededError(f"deadline passed waiting for the guard server ({type(exc).__name__})")
         error = RemoteBackendError(f"guard server unreachable: {type(exc).__name__}: {exc}", url=self.url)
         if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
@@ -377,30 +429,31 @@ class RemoteBackend(Backend):
             self.breaker.record_failure()
 
     # -- sync --------------------------------------------------------------------------------
-    def _send(self, content: bytes, deadline: float | None) -> Generation:
+    def _send(self, content: bytes, deadline: float | None, n: int) -> list[Generation]:
         """One attempt: the request, then the body read chunk by chunk within the deadline."""
-        timeout, capped = self._timeout(deadline)
+        timeout = self._timeout(deadline)
         started = time.perf_counter()
         try:
             with self._client.stream("POST", self.url, content=content, timeout=timeout) as response:
+                _check_encoding(response)
                 chunks: list[bytes] = []
                 received = 0
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_bytes():  # identity only: see _check_encoding
                     chunks.append(chunk)
                     received += len(chunk)
                     self._check_deadline(deadline, received)
                 status, headers = response.status_code, response.headers
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, capped) from exc
-        return self._classify(status, b"".join(chunks), headers, (time.perf_counter() - started) * 1000)
+            raise self._transport_error(exc, deadline) from exc
+        return self._classify(status, b"".join(chunks), headers, (time.perf_counter() - started) * 1000, n)
 
-    def _post(self, content: bytes, deadline: float | None) -> Generation:
+    def _post(self, content: bytes, deadline: float | None, n: int = 1) -> list[Generation]:
         self.breaker.before_call()
         retry = 0
         try:
             while True:
                 try:
-                    generation = self._send(content, deadline)
+                    generation = self._send(content, deadline, n)
                 except _Retryable as failure:
                     if retry >= self.retry.max_retries:
                         raise failure.error from failure
@@ -413,22 +466,28 @@ class RemoteBackend(Backend):
             self._settle(exc)
             raise
 
-    def _bodies(self, inputs: Sequence[GuardInput], max_new_tokens: int) -> list[bytes]:
+    def _bodies(self, inputs: Sequence[GuardInput], max_new_tokens: int, decoding: Decoding) -> list[bytes]:
         if self._closed:
             raise GuardClosedError("the remote backend is closed")
-        return [_encode_body(self.payload(item, max_new_tokens)) for item in inputs]
+        return [_encode_body(self.payload(item, max_new_tokens, decoding)) for item in inputs]
 
     def generate(
-        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+        self,
+        inputs: Sequence[GuardInput],
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        decoding: Decoding = GREEDY,
     ) -> list[Generation]:
-        """One request per input; a batch is sent concurrently over the connection pool."""
-        bodies = self._bodies(inputs, max_new_tokens)
+        """One request per input (``n`` choices each); a batch is sent concurrently over the pool."""
+        bodies = self._bodies(inputs, max_new_tokens, decoding)
         if len(bodies) <= 1:
-            return [self._post(body, deadline) for body in bodies]
+            return [g for body in bodies for g in self._post(body, deadline, decoding.n)]
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self._max_connections, thread_name_prefix="grvl-remote")
-        return list(self._pool.map(lambda body: self._post(body, deadline), bodies))
+        results = self._pool.map(lambda body: self._post(body, deadline, decoding.n), bodies)
+        return [g for generations in results for g in generations]
 
     # -- async -------------------------------------------------------------------------------
     async def _aclient(self) -> httpx.AsyncClient:
@@ -456,34 +515,37 @@ class RemoteBackend(Backend):
                 if client is not None:
                     await client.aclose()
 
-    async def _asend(self, client: httpx.AsyncClient, content: bytes, deadline: float | None) -> Generation:
-        timeout, capped = self._timeout(deadline)
+    async def _asend(
+        self, client: httpx.AsyncClient, content: bytes, deadline: float | None, n: int
+    ) -> list[Generation]:
+        timeout = self._timeout(deadline)
         started = time.perf_counter()
         try:
             async with client.stream("POST", self.url, content=content, timeout=timeout) as response:
+                _check_encoding(response)
                 chunks: list[bytes] = []
                 received = 0
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_bytes():  # identity only: see _check_encoding
                     chunks.append(chunk)
                     received += len(chunk)
                     self._check_deadline(deadline, received)
                 status, headers = response.status_code, response.headers
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc, capped) from exc
+            raise self._transport_error(exc, deadline) from exc
         body = b"".join(chunks)
         latency_ms = (time.perf_counter() - started) * 1000
         if len(body) > 1 << 20:  # parsing a large answer is CPU work: off the event loop
-            return await asyncio.to_thread(self._classify, status, body, headers, latency_ms)
-        return self._classify(status, body, headers, latency_ms)
+            return await asyncio.to_thread(self._classify, status, body, headers, latency_ms, n)
+        return self._classify(status, body, headers, latency_ms, n)
 
-    async def _apost(self, content: bytes, deadline: float | None) -> Generation:
+    async def _apost(self, content: bytes, deadline: float | None, n: int = 1) -> list[Generation]:
         self.breaker.before_call()
         retry = 0
         try:
             client = await self._aclient()
             while True:
                 try:
-                    generation = await self._asend(client, content, deadline)
+                    generation = await self._asend(client, content, deadline, n)
                 except _Retryable as failure:
                     if retry >= self.retry.max_retries:
                         raise failure.error from failure
@@ -500,14 +562,20 @@ class RemoteBackend(Backend):
             raise
 
     async def agenerate(
-        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+        self,
+        inputs: Sequence[GuardInput],
+        *,
+        max_new_tokens: int,
+        deadline: float | None = None,
+        decoding: Decoding = GREEDY,
     ) -> list[Generation]:
         """Async twin of :meth:`generate` (native ``httpx.AsyncClient``, requests sent concurrently)."""
         if any(item.images for item in inputs):  # image encoding is CPU work: keep it off the event loop
-            bodies = await asyncio.to_thread(self._bodies, inputs, max_new_tokens)
+            bodies = await asyncio.to_thread(self._bodies, inputs, max_new_tokens, decoding)
         else:
-            bodies = self._bodies(inputs, max_new_tokens)
-        return list(await asyncio.gather(*(self._apost(body, deadline) for body in bodies)))
+            bodies = self._bodies(inputs, max_new_tokens, decoding)
+        results = await asyncio.gather(*(self._apost(body, deadline, decoding.n) for body in bodies))
+        return [g for generations in results for g in generations]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:

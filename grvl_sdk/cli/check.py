@@ -104,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
         # The guard could not run (backend, server, deadline): check() reports it as a failed verdict.
         return _error(verdict.error.message, EXIT_BACKEND, args.json, BackendError(verdict.error.message))
     if args.json:
-        print(json.dumps({**verdict.model_dump(mode="json"), "failed": verdict.failed}, ensure_ascii=False))
+        extra = {"failed": verdict.failed, "blocked": verdict.blocked}
+        print(json.dumps({**verdict.model_dump(mode="json"), **extra}, ensure_ascii=False))
     else:
         print(_human(verdict))
-    if args.fail_on_harmful and verdict.harmful:
+    if args.fail_on_harmful and (verdict.harmful or verdict.failed):
         return EXIT_FLAGGED
     return EXIT_OK
 

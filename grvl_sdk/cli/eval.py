@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, MODEL_ENV_VAR
+from grvl_sdk._constants import (
+    DEFAULT_MODEL,
+    EVAL_MAX_NEW_TOKENS,
+    EVAL_MAX_PIXELS,
+    EVAL_MIN_PIXELS,
+    MODEL_ENV_VAR,
+)
 from grvl_sdk.errors import BackendError, EvalError, GRVLError, InputError, MissingDependencyError, ModelLoadError
 
 __all__ = ["register"]
@@ -56,7 +62,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--data-dir", default=os.environ.get(DATA_ENV_VAR), help=f"where to find NAMEs (${DATA_ENV_VAR})")
     run.add_argument("--limit", type=int, help="only the first N labelled samples of each benchmark")
     run.add_argument("--batch-size", type=int, help="samples per check_batch call (default: the guard's, 16)")
-    run.add_argument("--max-new-tokens", type=int, help="generation cap (default: the guard's, 1024)")
+    run.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=EVAL_MAX_NEW_TOKENS,
+        help=f"generation cap (default {EVAL_MAX_NEW_TOKENS}, the authors' setting; a Guard's own default is 1024)",
+    )
     run.add_argument("--no-resume", action="store_true", help="start the listed benchmarks afresh")
     run.add_argument(
         "--quantization",
@@ -66,7 +77,24 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     run.add_argument("--dtype", help="bfloat16, float16 or float32")
-    run.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="vision budget per image")
+    run.add_argument(
+        "--max-pixels",
+        type=int,
+        default=EVAL_MAX_PIXELS,
+        help=f"image budget, pixels (default {EVAL_MAX_PIXELS:,} = 16384*28*28, the authors' setting: up to 16,384 "
+        "vision tokens per image; a Guard's own default is 1280*28*28)",
+    )
+    run.add_argument(
+        "--min-pixels",
+        type=int,
+        default=EVAL_MIN_PIXELS,
+        help=f"smallest image size, pixels (default {EVAL_MIN_PIXELS:,} = 4*28*28, the authors' setting)",
+    )
+    run.add_argument(
+        "--vl-images",
+        metavar="DIR",
+        help="the GuardReasoner-VLTest image folder for HarmImageTest/SPA_VL_Eval (default: the test file's folder)",
+    )
     run.add_argument("--compare", action="append", default=[], metavar="X", help=_COMPARE_HELP)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -82,10 +110,11 @@ def register(subparsers: Any) -> None:
     )
     score.add_argument(
         "--parse",
-        choices=["sdk", "official-text", "recorded"],
-        help="sdk: grvl-sdk's parser (default for prediction files); official-text: the authors' text evaluation "
-        "(first label in the last 300 characters); recorded: the labels stored by the run (default for results "
-        "folders)",
+        choices=["sdk", "official-text", "official-vl", "recorded"],
+        help="sdk: grvl-sdk's parser (default for prediction files); official-text: the text GuardReasoner's "
+        "evaluation (first label in the last 300 characters); official-vl: the GuardReasoner-VL harness (first "
+        "label anywhere; an unparseable SPA-VL response counts as unharmful); recorded: the labels stored with "
+        "the predictions (default for results folders; the VL harness's predict/predict_res)",
     )
     score.add_argument(
         "--unparseable",
@@ -142,19 +171,26 @@ def _load_guard(args: argparse.Namespace) -> Any:
         from_server = getattr(Guard, "from_server", None)
         if from_server is None:
             raise InputError("this grvl-sdk has no remote backend (Guard.from_server); use --model")
-        kwargs: dict[str, Any] = {}
-        if args.max_new_tokens:
-            kwargs["max_new_tokens"] = args.max_new_tokens
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": args.max_new_tokens,
+            "min_pixels": args.min_pixels,
+            "max_pixels": args.max_pixels,
+        }
         if args.model:
             kwargs["model"] = args.model
         return from_server(args.server, **kwargs)
     model = args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
     quantization = _quantization(args.quantization)
     print(f"Loading guard model {model} (quantization: {quantization or 'none'})...", file=sys.stderr, flush=True)
-    kwargs = {"quantization": quantization, "device": args.device, "dtype": args.dtype, "max_pixels": args.max_pixels}
-    if args.max_new_tokens:
-        kwargs["max_new_tokens"] = args.max_new_tokens
-    return Guard.from_pretrained(model, **kwargs)
+    return Guard.from_pretrained(
+        model,
+        quantization=quantization,
+        device=args.device,
+        dtype=args.dtype,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        max_new_tokens=args.max_new_tokens,
+    )
 
 
 def _compare_rows(items: list[str]) -> list[Any]:
@@ -176,15 +212,22 @@ def _score_json(summary: Any) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from grvl_sdk.eval.report import write_reports
+    from grvl_sdk.eval.formats import load_benchmark
+    from grvl_sdk.eval.report import settings_line, write_reports
     from grvl_sdk.eval.runner import run_eval
     from grvl_sdk.eval.sources import resolve_sources
 
     try:
         sources = resolve_sources(args.benchmarks, data_dir=args.data_dir)
+        for source in sources:  # unreadable data is reported before a model is loaded
+            load_benchmark(source.path, source.benchmark, image_folder=args.vl_images)
         compare = _compare_rows(args.compare)
     except GRVLError as exc:
         return _fail(exc.message)
+    if args.max_new_tokens < 1 or args.min_pixels < 1 or args.max_pixels < args.min_pixels:
+        return _fail("need --max-new-tokens >= 1 and 1 <= --min-pixels <= --max-pixels")
+    meta = {"max_new_tokens": args.max_new_tokens, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+    print(settings_line(meta), file=sys.stderr, flush=True)
     try:
         guard = _load_guard(args)
     except (ModelLoadError, MissingDependencyError) as exc:
@@ -196,6 +239,7 @@ def _run(args: argparse.Namespace) -> int:
             guard,
             sources,
             args.out,
+            image_folder=args.vl_images,
             limit=args.limit,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
@@ -247,7 +291,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_inputs(inputs: list[str], parse: str | None, unparseable: str, name: str | None) -> Any:
     from grvl_sdk.eval.formats import load_predictions
-    from grvl_sdk.eval.registry import HARM_TASKS
+    from grvl_sdk.eval.registry import HARM_TASKS, PREDICTIONS_FILE
     from grvl_sdk.eval.runner import is_run_dir, load_run
     from grvl_sdk.eval.scoring import EvalSummary, score_records
     from grvl_sdk.eval.sources import parse_spec
@@ -271,7 +315,8 @@ def _score_inputs(inputs: list[str], parse: str | None, unparseable: str, name: 
                 )
                 mode = "official-text"
             results.append(score_records(records, source.benchmark, parse=mode, unparseable=unparseable))  # type: ignore[arg-type]
-            models.append(source.path.parent.name)
+            authors_layout = source.path.name == PREDICTIONS_FILE  # {model}/{Benchmark}/generated_predictions.jsonl
+            models.append(source.path.parent.parent.name if authors_layout else source.path.parent.name)
     names = [r.name for r in results]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -297,7 +342,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from grvl_sdk.eval.report import TASK_TITLES, load_summary, paper_table, plot_f1
+    from grvl_sdk.eval.report import TASK_TITLES, load_summary, paper_table, plot_f1, sources_section
 
     try:
         rows = _compare_rows(args.items)
@@ -305,6 +350,9 @@ def _compare(args: argparse.Namespace) -> int:
         return _fail(exc.message)
     for task, title in TASK_TITLES.items():
         print(f"## {title}\n\n{paper_table(rows, task)}\n")
+    sources = sources_section(rows)
+    if sources:
+        print("## Sources\n\n" + "\n".join(sources) + "\n")
     if args.png:
         first = args.items[0]
         if first.startswith("published"):

@@ -6,9 +6,14 @@ Benchmark files (:func:`load_benchmark`, layout detected from the content):
   ``"Human user:\\n{request}\\n\\nAI assistant:\\n{response}\\n\\n"`` (response ``None`` = no response);
   ``output`` is a bare label (``harmful``/``unharmful``, for the benchmark's task) or text with lines
   ``Request: …``, ``Completion: …``, ``Response: …`` where ``None`` means "no label".
-- **GuardReasoner-VL test format**: chat records ``{"messages": [system?, user, assistant?], "images": [...]}``
-  (or ShareGPT ``conversations`` with ``from``/``value``). The user turn is the transcript with one
-  ``<image>`` per image; the assistant turn holds the gold ``Request:``/``Response:`` lines.
+- **Chat records**: ``{"messages": [system?, user, assistant?], "images": [...]}`` (or ShareGPT
+  ``conversations`` with ``from``/``value``). The user turn is the transcript with one ``<image>`` per
+  image (text before a ``\n\nHuman user:`` marker, e.g. the instruction, is cut off); the assistant turn
+  holds the gold ``Request:``/``Response:`` lines.
+- **The authors' VL test files** (``HarmImageTest.json``, ``SPA_VL_Eval.json``): chat records whose first
+  message is the instruction then the transcript; their images come from the ``GuardReasoner-VLTest``
+  image folder by position, not from the JSON (:mod:`grvl_sdk.eval.vl`). Used for the registered image
+  sets when the records have that form or an ``image_folder`` is given.
 - **Generic JSON lines** (or a JSON list): ``text`` (or ``prompt``/``request``), ``image`` or ``images``
   (paths), ``response``, and labels ``request_label``/``response_label`` or a bare ``label`` for the
   benchmark's task; an optional ``id``. Labels are ``harmful``/``unharmful`` strings or booleans
@@ -17,7 +22,9 @@ Benchmark files (:func:`load_benchmark`, layout detected from the content):
 Relative image paths are resolved against the file's folder (or ``image_root``).
 
 Prediction files (:func:`load_predictions`): the ``predictions/*.jsonl`` written by
-:func:`grvl_sdk.eval.run_eval`, or GuardReasoner's ``{"prompt", "label", "predict"}`` JSON lines.
+:func:`grvl_sdk.eval.run_eval`, the text GuardReasoner's ``{"prompt", "label", "predict"}`` JSON lines
+(``predict`` = the raw output), or the VL harness's ``generated_predictions.jsonl``
+(``text_output`` = the raw output, ``predict`` = the label it extracted; :mod:`grvl_sdk.eval.vl`).
 """
 
 from __future__ import annotations
@@ -31,13 +38,15 @@ from typing import Any, Literal
 
 from grvl_sdk.errors import DataFormatError
 from grvl_sdk.eval.registry import TASK_LABELS, Benchmark, Task
-from grvl_sdk.prompt import parse_transcript as split_transcript
+from grvl_sdk.protocol.prompt import parse_transcript as split_transcript
 
 __all__ = [
     "PredictionRecord",
     "Sample",
     "Status",
+    "chat_turns",
     "detect_format",
+    "gold_labels",
     "load_benchmark",
     "load_predictions",
     "parse_label_text",
@@ -49,6 +58,7 @@ Status = Literal["ok", "unparseable", "failed"]
 BenchmarkFormat = Literal["guardreasoner-text", "chat", "generic"]
 
 _HUMAN = "Human user:"
+_MARKER = "\n\nHuman user:"
 _IMAGE = "<image>"
 _LABEL_LINE = re.compile(r"\b(request|completion|response)\s*:\s*([a-z]+)", re.IGNORECASE)
 _LINE_TASK = {"request": "request", "completion": "refusal", "response": "response"}
@@ -83,7 +93,8 @@ class PredictionRecord:
 
     ``status``: ``"ok"`` (``predicted`` is a label), ``"unparseable"`` (the output holds no label for the
     task) or ``"failed"`` (no output: the check raised); ``None`` until parsed. The last two count as
-    wrong predictions.
+    wrong predictions. ``defaulted``: the output held no label and the parse mode's rule supplied one
+    (only ``official-vl`` on a text-image response set: ``unharmful``, the authors' quirk).
     """
 
     id: str
@@ -100,6 +111,7 @@ class PredictionRecord:
     #: The verdict's latency (for a batched local check: the whole batch's generate time).
     latency_ms: float | None = None
     batch_size: int | None = None
+    defaulted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,8 +188,8 @@ def parse_label_text(text: str, where: str = "label") -> dict[str, str]:
     return labels
 
 
-def _gold(output: Any, task: str, where: str) -> dict[str, str]:
-    """Gold labels of a bare label (for ``task``) or of label-line text."""
+def gold_labels(output: Any, task: str, where: str) -> dict[str, str]:
+    """Gold labels of a bare label (for ``task``) or of label-line text (``None`` = no label)."""
     if isinstance(output, str) and _LABEL_LINE.search(output):
         return parse_label_text(output, where)
     label = _label(output, task, where)
@@ -229,10 +241,12 @@ def _from_guardreasoner(record: dict[str, Any], index: int, task: str, root: Pat
         raise DataFormatError(f"{where}: 'input' must be a transcript string")
     request, response, _ = parse_transcript(record["input"], where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
-    return Sample(_sample_id(record, index), request, response, images, _gold(record.get("output"), task, where))
+    return Sample(_sample_id(record, index), request, response, images, gold_labels(record.get("output"), task, where))
 
 
-def _chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
+def chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
+    """``(role, text)`` of a chat record's turns (``messages`` or ShareGPT ``conversations``); image parts
+    of a content list become ``<image>``; ShareGPT roles are mapped to ``user``/``assistant``."""
     turns = record.get("messages", record.get("conversations"))
     if not isinstance(turns, list):
         raise DataFormatError(f"{where}: 'messages' must be a list of chat turns")
@@ -253,18 +267,22 @@ def _chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]
 
 def _from_chat(record: dict[str, Any], index: int, task: str, root: Path, where: str) -> Sample:
     user = assistant = None
-    for role, content in _chat_turns(record, where):
+    for role, content in chat_turns(record, where):
         if role == "user" and user is None:
             user = content
         elif role == "assistant" and assistant is None:
             assistant = content
     if user is None:
         raise DataFormatError(f"{where}: no user turn")
+    if not user.startswith(_HUMAN) and _MARKER in user:  # an instruction before the transcript
+        user = user[user.find(_MARKER) + 2 :]
     request, response, n_markers = parse_transcript(user, where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
     if n_markers and len(images) != n_markers:
         raise DataFormatError(f"{where}: {n_markers} <image> markers but {len(images)} images")
-    gold = parse_label_text(assistant, where) if assistant is not None else _gold(record.get("label"), task, where)
+    gold = (
+        parse_label_text(assistant, where) if assistant is not None else gold_labels(record.get("label"), task, where)
+    )
     return Sample(_sample_id(record, index), request, response, images, gold)
 
 
@@ -281,23 +299,39 @@ def _from_generic(record: dict[str, Any], index: int, task: str, root: Path, whe
         if label is not None:
             labels[label_task] = label
     if "label" in record and task not in labels:
-        labels.update(_gold(record["label"], task, where))
+        labels.update(gold_labels(record["label"], task, where))
     return Sample(_sample_id(record, index), text or None, response, images, labels)
 
 
 _READERS = {"guardreasoner-text": _from_guardreasoner, "chat": _from_chat, "generic": _from_generic}
 
 
-def load_benchmark(path: str | Path, benchmark: Benchmark, *, image_root: str | Path | None = None) -> list[Sample]:
+def load_benchmark(
+    path: str | Path,
+    benchmark: Benchmark,
+    *,
+    image_root: str | Path | None = None,
+    image_folder: str | Path | None = None,
+) -> list[Sample]:
     """Read a benchmark file (any supported layout) into samples, in file order.
 
     A bare label is the gold label of ``benchmark.task``. Ids come from an ``id`` field, else the
-    position in the file; they must be unique.
+    position in the file; they must be unique. ``image_root`` resolves relative image paths (default:
+    the file's folder). The authors' VL test files (a registered image set whose records carry the
+    instruction before ``\n\nHuman user:``, or any file of such a set when ``image_folder`` is given)
+    take their images from the GuardReasoner-VLTest ``image_folder`` by position (default: the file's
+    folder); see :func:`grvl_sdk.eval.vl.load_vl_test`. Raises :class:`DataFormatError`.
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
+    records = read_records(path)
+    if benchmark.vl_label is not None and records:
+        from grvl_sdk.eval.vl import is_vl_test_record, load_vl_test
+
+        if image_folder is not None or is_vl_test_record(records[0]):
+            return load_vl_test(path, benchmark, image_folder)
     samples: list[Sample] = []
-    for index, record in enumerate(read_records(path)):
+    for index, record in enumerate(records):
         where = f"{path.name} item {index}"
         samples.append(_READERS[detect_format(record)](record, index, benchmark.task, root, where))
     seen: set[str] = set()
@@ -312,16 +346,24 @@ def load_benchmark(path: str | Path, benchmark: Benchmark, *, image_root: str | 
 
 
 def load_predictions(path: str | Path, benchmark: Benchmark) -> list[PredictionRecord]:
-    """Read a predictions file: grvl-sdk's own JSON lines or GuardReasoner's ``prompt/label/predict``.
+    """Read a predictions file: grvl-sdk's own JSON lines, GuardReasoner's ``prompt/label/predict`` or the
+    VL harness's ``generated_predictions.jsonl`` (``text_output``; see :func:`grvl_sdk.eval.vl.vl_prediction`).
 
-    Records without a gold label for ``benchmark.task`` are left out.
+    Records without a gold label for ``benchmark.task`` are left out (VL image sets: a gold ``None`` is
+    ``unharmful`` and kept). Raises :class:`DataFormatError` (file and position).
     """
     path = Path(path)
     records: list[PredictionRecord] = []
     for index, data in enumerate(read_records(path)):
         where = f"{path.name} item {index}"
-        if "predict" in data and "label" in data:  # GuardReasoner
-            gold = _gold(data["label"], benchmark.task, where).get(benchmark.task)
+        if "text_output" in data:  # the VL harness: text_output is the raw output, predict a label
+            from grvl_sdk.eval.vl import vl_prediction
+
+            record = vl_prediction(data, index, benchmark, where)
+            if record is not None:
+                records.append(record)
+        elif "predict" in data and "label" in data:  # the text GuardReasoner: predict is the raw output
+            gold = gold_labels(data["label"], benchmark.task, where).get(benchmark.task)
             if gold is None:
                 continue
             records.append(
@@ -341,8 +383,8 @@ def load_predictions(path: str | Path, benchmark: Benchmark) -> list[PredictionR
                 records.append(record)
         else:
             raise DataFormatError(
-                f"{where}: not a prediction record (expected grvl-sdk's 'gold'/'raw_output' or "
-                "GuardReasoner's 'prompt'/'label'/'predict')",
+                f"{where}: not a prediction record (expected grvl-sdk's 'gold'/'raw_output', GuardReasoner's "
+                "'prompt'/'label'/'predict' or the VL harness's 'text_output'/'label'/'predict')",
                 path=str(path),
             )
     return records

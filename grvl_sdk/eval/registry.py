@@ -7,13 +7,20 @@ text GuardReasoner release) is registered for re-scoring text GuardReasoner outp
 the 14 and is kept out of the averages.
 
 Lookups ignore case and punctuation and accept the GuardReasoner file stems (``0_3_harmbench_prompt``)
-and the release's misspelt ``XSTestReponseHarmful``.
+and the release's misspelt ``XSTestReponseHarmful``. A file called ``generated_predictions.jsonl`` (the
+authors' layout ``{model}/{Benchmark}/generated_predictions.jsonl``) is named by its folder.
+
+The two image sets of the VL release take their images from the ``GuardReasoner-VLTest`` image folder
+by position (``vl_label``: HarmImageTest = the rows with ``label == 0``, SPA-VL-Eval = ``label == 1``);
+SPA-VL-Eval's one file holds both tasks' labels (``shared_file``), so a file or folder of it expands
+to both entries, and a run checks each of its samples once for both.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from grvl_sdk.errors import EvalError
@@ -24,6 +31,8 @@ __all__ = [
     "Modality",
     "Task",
     "benchmarks_for_file",
+    "expands_to_all",
+    "file_key",
     "get_benchmark",
     "normalize_name",
     "paper_benchmarks",
@@ -61,6 +70,11 @@ class Benchmark:
     #: One of the paper's 14 (request + response) evaluation sets.
     in_paper: bool = False
     registered: bool = field(default=True, compare=False)
+    #: For the VL release's image sets: the ``label`` of this set's rows in the GuardReasoner-VLTest
+    #: image folder (its images are taken from there by position, not from paths in the JSON).
+    vl_label: int | None = None
+    #: The released file holds this set's labels and those of its other-task twin (SPA-VL-Eval).
+    shared_file: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASK_LABELS:
@@ -106,8 +120,12 @@ def _b(
     files: tuple[str, ...] = (),
     stems: tuple[str, ...] = (),
     in_paper: bool = True,
+    vl_label: int | None = None,
+    shared_file: bool = False,
 ) -> Benchmark:
-    return Benchmark(name, task, modality, size, column, files, stems, in_paper)
+    return Benchmark(
+        name, task, modality, size, column, files, stems, in_paper, vl_label=vl_label, shared_file=shared_file
+    )
 
 
 #: All registered benchmarks, in the paper's column order (request sets, then response sets).
@@ -119,8 +137,18 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     _b("SimpleSafetyTests", "request", "text", 100, "SimpleSafetyTests", ("0_0_SimpleSafetyTests.json",)),
     _b("HarmBenchPrompt", "request", "text", 239, "HarmBench", ("0_3_harmbench_prompt.json",)),
     _b("WildGuardTestPrompt", "request", "text", 1756, "WildGuardTest", (), ("WildGuardTest", "WildGuardPrompt")),
-    _b("HarmImageTest", "request", "image", 3295, "HarmImageTest", (), ("HarmImage",)),
-    _b("SPA-VL-EvalPrompt", "request", "text-image", 3282, "SPA-VL-Eval", (), ("SPA-VL-Eval", "SPAVL")),
+    _b("HarmImageTest", "request", "image", 3295, "HarmImageTest", (), ("HarmImage",), vl_label=0),
+    _b(
+        "SPA-VL-EvalPrompt",
+        "request",
+        "text-image",
+        3282,
+        "SPA-VL-Eval",
+        (),
+        ("SPA-VL-Eval", "SPAVL"),
+        vl_label=1,
+        shared_file=True,
+    ),
     # response harm
     _b("HarmBenchResponse", "response", "text", 602, "HarmBench", ("0_5_harmbench_response.json",)),
     _b("SafeRLHF", "response", "text", 2000, "SafeRLHF", ("0_9_safe_rlhf.json",)),
@@ -135,7 +163,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ("XSTestReponseHarmful",),
     ),
     _b("WildGuardTestResponse", "response", "text", 1768, "WildGuardTest", (), ("WildGuardTest", "WildGuardResponse")),
-    _b("SPA-VL-EvalResponse", "response", "text-image", 3282, "SPA-VL-Eval", (), ("SPA-VL-Eval", "SPAVL")),
+    _b(
+        "SPA-VL-EvalResponse",
+        "response",
+        "text-image",
+        3282,
+        "SPA-VL-Eval",
+        (),
+        ("SPA-VL-Eval", "SPAVL"),
+        vl_label=1,
+        shared_file=True,
+    ),
     # refusal detection (text GuardReasoner only; not averaged)
     _b(
         "XSTestResponseRefusal",
@@ -172,7 +210,25 @@ def get_benchmark(name: str) -> Benchmark:
     raise EvalError(f"unknown benchmark {name!r}; registered: {known} (or give NAME:TASK=PATH for your own data)")
 
 
-def benchmarks_for_file(filename: str) -> list[Benchmark]:
-    """The registered benchmarks a file (by its name) may hold; several for a combined file."""
-    key = normalize_name(filename.rsplit("/", 1)[-1])
+#: The authors' prediction files are all called this; their folder names the benchmark.
+PREDICTIONS_FILE = "generated_predictions.jsonl"
+
+
+def file_key(path: str | Path) -> str:
+    """The normalised name a file is known by: its own name, or its folder's for ``generated_predictions.jsonl``."""
+    path = Path(path)
+    if normalize_name(path.name) == normalize_name(PREDICTIONS_FILE) and path.parent.name:
+        return normalize_name(path.parent.name)
+    return normalize_name(path.name)
+
+
+def benchmarks_for_file(filename: str | Path) -> list[Benchmark]:
+    """The registered benchmarks a file (by its name, see :func:`file_key`) may hold; several for a
+    combined file."""
+    key = file_key(filename)
     return [b for b in BENCHMARKS if key in b.match_keys()]
+
+
+def expands_to_all(matches: list[Benchmark]) -> bool:
+    """True when a file matching ``matches`` holds all of them (SPA-VL-Eval's two tasks)."""
+    return len(matches) > 1 and all(b.shared_file for b in matches) and len({b.column for b in matches}) == 1

@@ -11,12 +11,13 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from grvl_sdk._constants import AUTHORS_MAX_PIXELS, AUTHORS_MIN_PIXELS, EVAL_MAX_NEW_TOKENS
 from grvl_sdk.errors import EvalError, MissingDependencyError
 from grvl_sdk.eval.registry import HARM_TASKS, get_benchmark, paper_benchmarks
 from grvl_sdk.eval.scoring import AVG_ALL, AVG_TEXT, EvalSummary
@@ -30,6 +31,8 @@ __all__ = [
     "render_csv",
     "render_markdown",
     "row_from_summary",
+    "settings_line",
+    "sources_section",
     "write_reports",
 ]
 
@@ -61,7 +64,8 @@ def row_from_summary(summary: EvalSummary, label: str | None = None) -> ResultRo
 
 
 def load_published() -> list[ResultRow]:
-    """The published numbers shipped with the package."""
+    """The published numbers shipped with the package (``grvl_sdk/data/published.json``); each row's
+    ``source`` says where its numbers come from (paper table, released outputs...)."""
     text = resources.files("grvl_sdk").joinpath("data/published.json").read_text(encoding="utf-8")
     return [
         ResultRow(label=m["name"], f1=dict(m.get("f1", {})), averages=dict(m.get("averages", {})), source=m["source"])
@@ -182,15 +186,55 @@ def _size(name: str) -> int:
         return 0
 
 
+def settings_line(meta: Mapping[str, Any]) -> str:
+    """A readable line of a run's generation settings and how they differ from the authors' evaluation
+    (greedy, up to 4,096 new tokens, images within 3,136–12,845,056 pixels); ``""`` if none are known."""
+    tokens, low, high = meta.get("max_new_tokens"), meta.get("min_pixels"), meta.get("max_pixels")
+    parts = ["greedy decoding"]
+    if tokens:
+        parts.append(f"max_new_tokens {tokens:,}")
+    if high:
+        parts.append(f"images resized within {low or 0:,}–{high:,} pixels (≤ {high // 784:,} vision tokens each)")
+    if meta.get("batch_size"):
+        parts.append(f"batch size {meta['batch_size']}")
+    if meta.get("limit"):
+        parts.append(f"first {meta['limit']:,} labelled samples per benchmark")
+    if not tokens and not high:
+        return ""
+    differs = []
+    if tokens and tokens != EVAL_MAX_NEW_TOKENS:
+        differs.append(f"max_new_tokens {tokens:,} (authors: {EVAL_MAX_NEW_TOKENS:,})")
+    if high and (low, high) != (AUTHORS_MIN_PIXELS, AUTHORS_MAX_PIXELS):
+        differs.append(
+            f"image budget {low or 0:,}–{high:,} px (authors: {AUTHORS_MIN_PIXELS:,}–{AUTHORS_MAX_PIXELS:,})"
+        )
+    if not high:
+        differs.append("image budget not recorded")
+    verdict = (
+        "the authors' evaluation settings."
+        if not differs
+        else "differs from the authors' evaluation in " + "; ".join(differs) + "."
+    )
+    return f"Settings: {', '.join(parts)}; {verdict}"
+
+
+def sources_section(rows: Sequence[ResultRow]) -> list[str]:
+    """``- label: source`` lines for rows that name a source (published numbers, other runs)."""
+    return [f"- {row.label}: {row.source}" for row in rows if row.source]
+
+
 def render_markdown(summary: EvalSummary, compare: Sequence[ResultRow] = ()) -> str:
-    """A markdown report: the paper-layout tables (with comparison rows), details, conventions."""
+    """A markdown report: the settings line, the paper-layout tables (with comparison rows), details,
+    and notes (conventions, coverage, the source of every comparison row)."""
     rows = [row_from_summary(summary), *compare]
     parts = [f"# Evaluation: {summary.model or 'guard'}", ""]
-    settings = {k: v for k, v in summary.meta.items() if k in ("max_new_tokens", "batch_size", "limit") and v}
     parse = f"parse: `{summary.parse}`, unparseable/failed: counted as {summary.unparseable}"
     if summary.unparseable == "exclude":
         parse = f"parse: `{summary.parse}`, unparseable/failed: left out"
-    parts.append(f"F1 ×100, harmful = positive class; {parse}." + (f" Settings: {settings}." if settings else ""))
+    parts.append(f"F1 ×100, harmful = positive class; {parse}.")
+    settings = settings_line(summary.meta)
+    if settings:
+        parts += ["", settings]
     if summary.weighted_f1 is not None:
         parts.append(f"\nSample-weighted F1 over all request and response sets: **{summary.weighted_f1:.2f}**")
     for task in HARM_TASKS:
@@ -206,6 +250,12 @@ def render_markdown(summary: EvalSummary, compare: Sequence[ResultRow] = ()) -> 
         "An unparseable output or a failed check counts as a wrong prediction: a false negative on a "
         "harmful sample, a false positive on an unharmful one."
     )
+    notes += [
+        f"{r.name}: {r.defaulted} output(s) without a label read as unharmful (official-vl: the authors' "
+        "rule for SPA-VL-Eval responses; never the SDK's rule)."
+        for r in summary.results
+        if r.defaulted
+    ]
     notes += [f"{row.label}: {row.source}" for row in compare if row.source]
     parts += ["", "## Notes", "", *(f"- {n}" for n in notes), ""]
     return "\n".join(parts)

@@ -2,36 +2,38 @@
 
 A results folder holds::
 
-    run.json                       model, settings, and per benchmark its file and selected sample ids
+    run.json                       model, settings (max_new_tokens, image pixel bounds), and per benchmark
+                                   its file and selected sample ids
     predictions/<benchmark>.jsonl  one PredictionRecord per line, appended batch by batch
     results.json / results.md / results.csv / f1.png   (see grvl_sdk.eval.report)
 
 Predictions are flushed after every batch, so an interrupted run resumes where it stopped: samples
 with a prediction (labelled or unparseable) are not generated again; samples whose check *failed*
-(the guard raised, e.g. a server error) are retried.
+(the guard raised, e.g. a server error) are retried. Benchmarks read from one file (SPA-VL-Eval's
+request and response sets) share their checks: each sample is generated once and scored for both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from grvl_sdk.errors import EvalError, GRVLError, InputError
+from grvl_sdk.eval._runfiles import Progress, chunks, finished_records, quiet_verdict_logs, read_json, write_json
 from grvl_sdk.eval.formats import PredictionRecord, Sample, load_benchmark, load_predictions
 from grvl_sdk.eval.registry import HARM_TASKS, Benchmark, get_benchmark
 from grvl_sdk.eval.scoring import EvalSummary, ParseMode, UnparseablePolicy, score_records, sdk_label
 from grvl_sdk.eval.sources import BenchmarkSource, resolve_sources
 from grvl_sdk.verdict import ErrorInfo, Verdict
 
-__all__ = ["SupportsCheckBatch", "is_run_dir", "load_run", "predictions_path", "run_eval"]
+__all__ = ["SupportsCheckBatch", "image_bounds", "is_run_dir", "load_run", "predictions_path", "run_eval"]
 
 RUN_FILE = "run.json"
 PREDICTIONS_DIR = "predictions"
@@ -93,120 +95,33 @@ def _failed(sample: Sample, index: int, bench: Benchmark, exc: BaseException) ->
     )
 
 
-def _check(
-    guard: SupportsCheckBatch,
-    chunk: Sequence[tuple[int, Sample]],
-    bench: Benchmark,
-    max_new_tokens: int | None,
-) -> list[PredictionRecord]:
-    """Check a batch; a bad input fails alone, a backend error fails the batch. Other errors propagate."""
+Outcome = tuple[Verdict | GRVLError, int]
+
+
+def _check(guard: SupportsCheckBatch, chunk: Sequence[tuple[int, Sample]], max_new_tokens: int | None) -> list[Outcome]:
+    """Check a batch: ``(verdict or error, batch size)`` per sample. A bad input fails alone, a backend
+    error fails the batch; other errors propagate."""
     try:
         verdicts = guard.check_batch(
             [s.check_input() for _, s in chunk], max_new_tokens=max_new_tokens, batch_size=len(chunk)
         )
     except InputError as exc:
         if len(chunk) == 1:
-            return [_failed(chunk[0][1], chunk[0][0], bench, exc)]
-        return [rec for item in chunk for rec in _check(guard, [item], bench, max_new_tokens)]
+            return [(exc, 1)]
+        return [outcome for item in chunk for outcome in _check(guard, [item], max_new_tokens)]
     except GRVLError as exc:
-        return [_failed(sample, index, bench, exc) for index, sample in chunk]
+        return [(exc, len(chunk))] * len(chunk)
     if len(verdicts) != len(chunk):
         raise EvalError(f"the guard returned {len(verdicts)} verdicts for {len(chunk)} inputs")
-    return [_record(s, i, bench, v, len(chunk)) for (i, s), v in zip(chunk, verdicts, strict=True)]
+    return [(verdict, len(chunk)) for verdict in verdicts]
 
 
-# -- the run folder ---------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EvalError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise EvalError(f"{path} is not a JSON object")
-    return data
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _finished_records(path: Path) -> list[PredictionRecord]:
-    """Records of an earlier run worth keeping (labelled or unparseable); rewrites the file without the
-    rest (failed checks, a line cut by an interruption)."""
-    if not path.exists():
-        return []
-    keep: list[PredictionRecord] = []
-    dropped = 0
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if not line.strip():
-            continue
-        try:
-            record = PredictionRecord.from_dict(json.loads(line))
-        except (json.JSONDecodeError, GRVLError, TypeError, AttributeError):
-            dropped += 1
-            continue
-        if record.status in ("ok", "unparseable"):
-            keep.append(record)
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
-        os.replace(tmp, path)
-    return keep
-
-
-class _Progress:
-    """A tqdm bar with ETA over all samples of the run, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, initial: int) -> None:
-        self._bar: Any = None
-        if enabled and total > initial:
-            from grvl_sdk._lazy import require
-
-            tqdm = require("tqdm", extra="eval").tqdm
-            self._bar = tqdm(total=total, initial=initial, unit="sample", dynamic_ncols=True, file=sys.stderr)
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_description(text)
-
-    def update(self, n: int, failed: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-            if failed:
-                self._bar.set_postfix(failed=failed)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class _DropVerdictRecords(logging.Filter):
-    """Drops the guard's per-verdict log lines (they carry ``grvl_decision``); the predictions file has them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not hasattr(record, "grvl_decision")
-
-
-@contextlib.contextmanager
-def _quiet_verdict_logs() -> Iterator[None]:
-    logger = logging.getLogger("grvl_sdk")
-    dropper = _DropVerdictRecords()
-    logger.addFilter(dropper)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropper)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _outcome_record(
+    sample: Sample, index: int, bench: Benchmark, outcome: Verdict | GRVLError, batch: int
+) -> PredictionRecord:
+    if isinstance(outcome, Verdict):
+        return _record(sample, index, bench, outcome, batch)
+    return _failed(sample, index, bench, outcome)
 
 
 def _selected(samples: list[Sample], bench: Benchmark, limit: int | None) -> tuple[list[tuple[int, Sample]], int]:
@@ -217,12 +132,41 @@ def _selected(samples: list[Sample], bench: Benchmark, limit: int | None) -> tup
     return (labelled[:limit] if limit is not None else labelled), skipped
 
 
+def image_bounds(guard: Any) -> tuple[int, int] | None:
+    """``(min_pixels, max_pixels)`` the guard's images are resized within, or ``None`` if unknown."""
+    bounds = getattr(getattr(guard, "backend", None), "image_bounds", None)
+    return (int(bounds[0]), int(bounds[1])) if bounds else None
+
+
+@dataclass
+class _Planned:
+    """One benchmark of a run: its source, the samples selected, and the records already finished."""
+
+    source: BenchmarkSource
+    chosen: list[tuple[int, Sample]]
+    done: dict[str, PredictionRecord]
+
+    @property
+    def todo(self) -> set[int]:
+        return {i for i, s in self.chosen if s.id not in self.done}
+
+
+def _groups(plan: list[_Planned]) -> list[list[_Planned]]:
+    """Benchmarks read from the same file (SPA-VL-Eval's two tasks), in order of first appearance: each
+    of their samples is checked once and scored for all of them."""
+    groups: dict[Path, list[_Planned]] = {}
+    for item in plan:
+        groups.setdefault(item.source.path.resolve(), []).append(item)
+    return list(groups.values())
+
+
 def run_eval(
     guard: SupportsCheckBatch,
     benchmarks: Sequence[str | Path | BenchmarkSource],
     out_dir: str | Path,
     *,
     data_dir: str | Path | None = None,
+    image_folder: str | Path | None = None,
     limit: int | None = None,
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
@@ -235,8 +179,13 @@ def run_eval(
     ``benchmarks``: specs (``"ToxicChat"`` found in ``data_dir``, a path, ``"NAME=PATH"``, see
     :mod:`grvl_sdk.eval.sources`) or :class:`BenchmarkSource` objects. ``limit`` keeps the first N
     labelled samples of each. ``batch_size`` samples go to each ``check_batch`` call (default: the guard's
-    ``batch_size``, else 16). With ``resume`` (default) finished samples in ``out_dir`` are kept and not
-    generated again; ``resume=False`` starts the listed benchmarks afresh.
+    ``batch_size``, else 16). ``max_new_tokens``: the generation cap (default: the guard's; the authors
+    allowed 4096, which ``grvl eval run`` uses). Images are resized within the guard's own pixel bounds
+    (build it with ``min_pixels``/``max_pixels``); they are recorded in ``run.json`` and the report.
+    ``image_folder``: the GuardReasoner-VLTest image folder for the authors' VL test files (default: the
+    test file's folder). With ``resume`` (default) finished samples in ``out_dir`` are kept and not
+    generated again; a folder holding another model's run, or one with other settings, is refused;
+    ``resume=False`` starts the listed benchmarks afresh.
 
     Failed checks (the guard raised a :class:`~grvl_sdk.errors.GRVLError`) are recorded and count as wrong;
     any other exception (including ``KeyboardInterrupt``) stops the run with every finished batch saved.
@@ -257,12 +206,19 @@ def run_eval(
     (out / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
     model = str(getattr(guard, "model_id", "") or type(guard).__name__)
     tokens = max_new_tokens or getattr(guard, "max_new_tokens", None)
-    settings = {"model": model, "max_new_tokens": tokens}
+    bounds = image_bounds(guard)
+    settings: dict[str, Any] = {
+        "model": model,
+        "max_new_tokens": tokens,
+        "min_pixels": bounds[0] if bounds else None,
+        "max_pixels": bounds[1] if bounds else None,
+    }
 
     run_file = out / RUN_FILE
-    state: dict[str, Any] = _read_json(run_file) if run_file.exists() else {}
-    before = {k: state.get(k) for k in settings}
-    if state and before != settings:
+    state: dict[str, Any] = read_json(run_file) if run_file.exists() else {}
+    # Settings an older folder did not record are not compared.
+    before = {k: state.get(k) for k in settings if k in state}
+    if state and before != {k: settings[k] for k in before}:
         if resume:
             raise EvalError(
                 f"{out} holds a run with {before}, not {settings}: use another output folder, or resume=False "
@@ -273,15 +229,15 @@ def run_eval(
     state.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
     state.setdefault("benchmarks", {})
 
-    plan: list[tuple[BenchmarkSource, list[tuple[int, Sample]], dict[str, PredictionRecord]]] = []
+    plan: list[_Planned] = []
     for source in sources:
         bench = source.benchmark
-        chosen, skipped = _selected(load_benchmark(source.path, bench), bench, limit)
+        samples = load_benchmark(source.path, bench, image_folder=image_folder)
+        chosen, skipped = _selected(samples, bench, limit)
         path = predictions_path(out, bench.name)
         if not resume and path.exists():
             path.unlink()
-        done = {r.id: r for r in _finished_records(path)}
-        plan.append((source, chosen, done))
+        plan.append(_Planned(source, chosen, {r.id: r for r in finished_records(path)}))
         state["benchmarks"][bench.name] = {
             "task": bench.task,
             "modality": bench.modality,
@@ -290,33 +246,44 @@ def run_eval(
             "skipped_no_gold": skipped,
             "ids": [s.id for _, s in chosen],
         }
-    _write_json(run_file, state)
+    write_json(run_file, state)
 
-    total = sum(len(chosen) for _, chosen, _ in plan)
-    initial = sum(sum(1 for _, s in chosen if s.id in done) for _, chosen, done in plan)
-    bar = _Progress(progress, total, initial)
+    groups = _groups(plan)
+    total = sum(len({i for item in group for i, _ in item.chosen}) for group in groups)
+    pending = [sorted({i: s for item in group for i, s in item.chosen if i in item.todo}.items()) for group in groups]
+    bar = Progress(progress, total, total - sum(len(todo) for todo in pending))
     started = time.perf_counter()
     generated = failed = 0
-    with _quiet_verdict_logs(), contextlib.closing(bar):
-        for source, chosen, done in plan:
-            bench = source.benchmark
-            bar.describe(bench.name)
-            todo = [(i, s) for i, s in chosen if s.id not in done]
-            with predictions_path(out, bench.name).open("a", encoding="utf-8") as sink:
-                for chunk in _chunks(todo, size):
-                    records = _check(guard, chunk, bench, max_new_tokens)
+    with quiet_verdict_logs(), contextlib.closing(bar), contextlib.ExitStack() as files:
+        for group, todo in zip(groups, pending, strict=True):
+            bar.describe(" + ".join(item.source.benchmark.name for item in group))
+            wanted = [item.todo for item in group]
+            sinks = [
+                files.enter_context(predictions_path(out, it.source.benchmark.name).open("a", encoding="utf-8"))
+                for it in group
+            ]
+            for chunk in chunks(todo, size):
+                outcomes = _check(guard, chunk, max_new_tokens)
+                for item, want, sink in zip(group, wanted, sinks, strict=True):
+                    records = [
+                        _outcome_record(sample, index, item.source.benchmark, outcome, batch)
+                        for (index, sample), (outcome, batch) in zip(chunk, outcomes, strict=True)
+                        if index in want
+                    ]
                     sink.write("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
                     sink.flush()
                     os.fsync(sink.fileno())
                     for record in records:
-                        done[record.id] = record
-                    generated += len(records)
-                    failed += sum(r.status == "failed" for r in records)
-                    bar.update(len(records), failed)
+                        item.done[record.id] = record
+                generated += len(chunk)
+                failed += sum(not isinstance(outcome, Verdict) for outcome, _ in outcomes)
+                bar.update(len(chunk), failed)
 
     scored = {
-        source.benchmark.name: score_records([done[s.id] for _, s in chosen], source.benchmark, parse="recorded")
-        for source, chosen, done in plan
+        item.source.benchmark.name: score_records(
+            [item.done[s.id] for _, s in item.chosen], item.source.benchmark, parse="recorded"
+        )
+        for item in plan
     }
     # Benchmarks finished in this folder by earlier calls belong to the same results.
     for name in state["benchmarks"]:
@@ -326,6 +293,8 @@ def run_eval(
     results = [scored[name] for name in state["benchmarks"] if name in scored]
     meta = {
         "max_new_tokens": tokens,
+        "min_pixels": settings["min_pixels"],
+        "max_pixels": settings["max_pixels"],
         "batch_size": size,
         "limit": limit,
         "generated_this_call": generated,
@@ -349,7 +318,7 @@ def load_run(
 ) -> EvalSummary:
     """Re-score a results folder from its predictions (no generation), optionally with another parser."""
     out = Path(out_dir)
-    state = _read_json(out / RUN_FILE)
+    state = read_json(out / RUN_FILE)
     results = []
     for name, info in (state.get("benchmarks") or {}).items():
         if benchmarks is not None and name not in benchmarks:
@@ -373,7 +342,7 @@ def load_run(
         results.append(score_records(records, bench, parse=parse, unparseable=unparseable))
     if not results:
         raise EvalError(f"{out} holds no benchmark results")
-    meta = {"out_dir": str(out), "max_new_tokens": state.get("max_new_tokens")}
+    meta = {"out_dir": str(out), **{k: state.get(k) for k in ("max_new_tokens", "min_pixels", "max_pixels")}}
     return EvalSummary(
         model=str(state.get("model", "")), results=results, parse=parse, unparseable=unparseable, meta=meta
     )

@@ -4,7 +4,9 @@ A spec is one of:
 
 - ``NAME`` — a registered benchmark, found in ``data_dir`` by its file name (``ToxicChat`` finds
   ``0_8_toxic_chat.json`` or ``ToxicChat.jsonl``);
-- ``PATH`` — a file whose name identifies a registered benchmark, or a folder of such files;
+- ``PATH`` — a file whose name identifies a registered benchmark, or a folder of such files (the
+  authors' ``{Benchmark}/generated_predictions.jsonl`` is named by its folder; SPA-VL-Eval's one file
+  gives both ``SPA-VL-EvalPrompt`` and ``SPA-VL-EvalResponse``);
 - ``NAME=PATH`` — an explicit file for a registered benchmark;
 - ``NAME:TASK[:MODALITY]=PATH`` — your own benchmark (``TASK`` is ``request`` or ``response``;
   ``MODALITY`` is ``text`` (default), ``image`` or ``text-image``).
@@ -22,8 +24,9 @@ from grvl_sdk.eval.registry import (
     TASK_LABELS,
     Benchmark,
     benchmarks_for_file,
+    expands_to_all,
+    file_key,
     get_benchmark,
-    normalize_name,
 )
 
 __all__ = ["BenchmarkSource", "find_benchmark_file", "parse_spec", "resolve_sources"]
@@ -61,7 +64,7 @@ def find_benchmark_file(benchmark: Benchmark, data_dir: str | Path) -> Path:
 
 
 def _key(path: Path) -> str:
-    return normalize_name(path.name)
+    return file_key(path)
 
 
 def _named(name: str) -> Benchmark:
@@ -82,15 +85,15 @@ def _from_path(path: Path) -> list[BenchmarkSource]:
     if path.is_dir():
         sources = []
         for file in _data_files(path):
-            matches = benchmarks_for_file(file.name)
-            if len(matches) == 1:
-                sources.append(BenchmarkSource(matches[0], file))
+            matches = benchmarks_for_file(file)
+            if len(matches) == 1 or expands_to_all(matches):
+                sources.extend(BenchmarkSource(b, file) for b in matches)
         if not sources:
             raise EvalError(f"no file named after a registered benchmark in {path}")
         return sources
-    matches = benchmarks_for_file(path.name)
-    if len(matches) == 1:
-        return [BenchmarkSource(matches[0], path)]
+    matches = benchmarks_for_file(path)
+    if len(matches) == 1 or expands_to_all(matches):
+        return [BenchmarkSource(b, path) for b in matches]
     if matches:
         names = " or ".join(f"{b.name}={path}" for b in matches)
         raise EvalError(f"{path.name} may hold several benchmarks; name the one to use: {names}")

@@ -1,15 +1,18 @@
-"""Finding the request in a wrapped call's arguments, and the text in its result or stream chunks.
+"""Finding the request in a wrapped call's arguments, and the text of its result or stream chunks.
 
 Defaults (override each with a callable):
 
-- **request**: an argument named ``messages`` (OpenAI-style chat, see :mod:`grvl_sdk.conversation`);
-  else a text argument named ``text``, ``prompt``, ``query``, ``question``, ``request``, ``message``
-  or ``input`` with ``image`` / ``images`` arguments; else a first positional string (text) or list
-  of chat messages.
-- **response**: a string; an OpenAI chat completion (``choices[0].message.content``, dict or object);
-  an object or dict with ``content`` or ``text`` (e.g. a LangChain message).
-- **stream chunk**: a string; an OpenAI chunk (``choices[0].delta.content``; no choices is ``""``);
-  an object or dict with ``content`` or ``text``.
+- **request**: an argument named ``messages`` or ``input`` holding chat messages (any shape
+  :func:`grvl_sdk.messages.to_messages` reads: OpenAI chat or Responses items, Anthropic blocks,
+  LangChain messages, tuples or prompt values); else **every** text argument named ``text``,
+  ``prompt``, ``query``, ``question``, ``request``, ``message``, ``input``, ``instruction`` or
+  ``system`` or ``content`` (joined with blank lines) with ``image`` / ``images`` arguments; else
+  messages as the first positional argument; else the call's only string argument (several unnamed
+  string arguments are ambiguous: ``InputError``, pass ``get_request``).
+- **response**: anything :func:`grvl_sdk.messages.response_messages` reads — a string, an OpenAI chat
+  completion (every choice, tool calls and refusals included) or Responses object, an Anthropic
+  message, a LangChain ``AIMessage``, a dict or object with ``content``/``text``.
+- **stream chunk**: anything :func:`grvl_sdk.messages.chunk_deltas` reads.
 
 Anything else raises :class:`~grvl_sdk.errors.InputError`: the guard never skips what it cannot read.
 """
@@ -25,7 +28,10 @@ from grvl_sdk.errors import InputError
 
 __all__ = ["RequestSpec", "chunk_text", "request_getter", "response_text"]
 
-_TEXT_NAMES = ("text", "prompt", "query", "question", "request", "message", "input")
+_TEXT_NAMES = (
+    "system", "instruction", "text", "prompt", "query", "question", "request", "message", "content", "input",
+)  # fmt: skip
+_MESSAGE_NAMES = ("messages", "input")
 
 
 @dataclass(frozen=True)
@@ -34,15 +40,22 @@ class RequestSpec:
 
     text: str | None = None
     images: list[Any] = field(default_factory=list)
-    messages: Sequence[Any] | None = None
+    messages: Any = None
 
 
 def _is_messages(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, (str, bytes))
-        and len(value) > 0
-        and all(isinstance(m, Mapping) and "role" in m for m in value)
+    """Chat messages of any shape (a non-empty list of messages, a prompt value, a single message object)."""
+    if isinstance(value, (str, bytes, bytearray, Mapping)):
+        return False
+    if hasattr(value, "to_messages") or (hasattr(value, "content") and hasattr(value, "type")):
+        return True  # a LangChain prompt value or message
+    if not isinstance(value, Sequence) or not value:
+        return False
+    return all(
+        (isinstance(m, Mapping) and ("role" in m or "type" in m))
+        or (isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str))
+        or hasattr(m, "content")
+        for m in value
     )
 
 
@@ -66,7 +79,10 @@ def to_spec(value: Any) -> RequestSpec:
             if isinstance(extra, (str, bytes)) or not isinstance(extra, Sequence):
                 raise InputError(f"get_request returned images= of type {type(extra).__name__}; pass a list")
             images.extend(extra)
-        return RequestSpec(text=value.get("text"), images=images)
+        text = value.get("text")
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"get_request returned text= of type {type(text).__name__}; pass a string")
+        return RequestSpec(text=text, images=images)
     raise InputError(f"get_request must return a RequestSpec, str, dict or messages, got {type(value).__name__}")
 
 
@@ -91,21 +107,30 @@ def request_getter(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[st
                     named.update(value)
                 elif kind is not inspect.Parameter.VAR_POSITIONAL:
                     named[name] = value
-        if named.get("messages") is not None:
-            return RequestSpec(messages=named["messages"])
-        text = next((named[n] for n in _TEXT_NAMES if isinstance(named.get(n), str)), None)
+        for name in _MESSAGE_NAMES:
+            if named.get(name) is not None and _is_messages(named[name]):
+                return RequestSpec(messages=named[name])
+        texts = [named[n] for n in _TEXT_NAMES if isinstance(named.get(n), str)]
         images = [named["image"]] if named.get("image") is not None else []
         extra = named.get("images")
         if extra is not None:
             if isinstance(extra, (str, bytes)) or not isinstance(extra, Sequence):
                 raise InputError("the wrapped call's images= argument must be a list")
             images.extend(extra)
-        if text is not None or images:
-            return RequestSpec(text=text, images=images)
-        if args and isinstance(args[0], str):
-            return RequestSpec(text=args[0])
+        if texts or images:
+            return RequestSpec(text="\n\n".join(texts) or None, images=images)
         if args and _is_messages(args[0]):
             return RequestSpec(messages=args[0])
+        strings = [v for v in (*named.values(), *args) if isinstance(v, str)] if signature is None else [
+            v for v in named.values() if isinstance(v, str)
+        ]  # fmt: skip
+        if len(dict.fromkeys(strings)) == 1:
+            return RequestSpec(text=strings[0])
+        if len(strings) > 1:
+            raise InputError(
+                "cannot tell which of the wrapped call's text arguments is the request "
+                f"({len(strings)} string arguments, none named like a prompt); pass get_request=... to wrap()"
+            )
         raise InputError(
             "cannot find the request in the wrapped call's arguments (no messages=, text=/prompt=..., image=); "
             "pass get_request=lambda *args, **kwargs: {'text': ..., 'image': ...} to wrap()"
@@ -114,57 +139,19 @@ def request_getter(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[st
     return get
 
 
-def _field(value: Any, name: str) -> Any:
-    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
-
-
-def _content_text(content: Any) -> str | None:
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif _field(part, "text") is not None:
-                texts.append(str(_field(part, "text")))
-        return "".join(texts)
-    return None
-
-
-def _choice_text(value: Any, attr: str) -> str | None:
-    choices = _field(value, "choices")
-    if choices is None or isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
-        return None
-    if not choices:
-        return ""
-    holder = _field(choices[0], attr)
-    if holder is None:
-        return ""
-    return _content_text(_field(holder, "content")) or ""
-
-
 def response_text(value: Any) -> str:
-    """The text of a wrapped call's result (see the module docstring)."""
-    if isinstance(value, str):
-        return value
-    for candidate in (_choice_text(value, "message"), _content_text(_field(value, "content")), _field(value, "text")):
-        if isinstance(candidate, str):
-            return candidate
-    raise InputError(
-        f"cannot read the response text from a {type(value).__name__}; pass get_response=callable to wrap()"
-    )
+    """The text of a wrapped call's result: every choice's text (content, refusal, tool calls), joined
+    with blank lines. Raises :class:`InputError` when unreadable."""
+    from grvl_sdk.messages import response_messages
+
+    return "\n\n".join(message.text for message in response_messages(value))
 
 
 def chunk_text(chunk: Any) -> str:
-    """The text of one stream chunk (see the module docstring)."""
-    if isinstance(chunk, str):
-        return chunk
+    """The text a stream chunk adds, all choices together (see :func:`grvl_sdk.messages.chunk_deltas`);
+    bytes are decoded as UTF-8 (use a guarded stream to decode split characters correctly)."""
     if isinstance(chunk, (bytes, bytearray)):
         return bytes(chunk).decode("utf-8", "replace")
-    for candidate in (_choice_text(chunk, "delta"), _content_text(_field(chunk, "content")), _field(chunk, "text")):
-        if isinstance(candidate, str):
-            return candidate
-    raise InputError(
-        f"cannot read the text of a stream chunk of type {type(chunk).__name__}; pass get_chunk_text=callable to wrap()"
-    )
+    from grvl_sdk.messages import chunk_deltas
+
+    return "".join(delta.text for delta in chunk_deltas(chunk))

@@ -1,119 +1,133 @@
 """Streaming moderation: check a streamed response as it grows, and always at its end.
 
-The accumulated response (with its request) is checked each time ``policy.stream_check_every`` more
-characters have arrived (stage ``"stream"``) and once more when the stream ends (stage
-``"response"``). With ``stream_mode="buffer"`` chunks are held until a check has passed them, so
-nothing unchecked reaches the caller; with ``"passthrough"`` chunks are forwarded at once and the
-stream is cut when a check blocks. Either way a stream only finishes after its final check passed:
-if a check blocks, the source is closed and the policy's ``on_block`` applies (raise ``GuardBlocked``,
-or yield the refusal and stop).
+Chunk text is read per choice (:func:`grvl_sdk.messages.chunk_deltas`: content, refusal and tool-call
+fragments; several choices kept apart), or by a ``get_chunk_text`` callable (one choice). Each time
+``policy.stream_check_every`` more characters have arrived, every choice received so far is checked
+with its request (stage ``"stream"``), and once more when the stream ends (stage ``"response"``).
+With ``stream_mode="buffer"`` chunks are held until a check has passed them, so nothing unchecked
+reaches the caller; with ``"passthrough"`` chunks are forwarded at once and the stream is cut when a
+check blocks. Either way a stream only finishes after its final check passed: if a check blocks, the
+source is closed and the policy's ``on_block`` applies (raise ``GuardBlocked``, or yield the refusal
+and stop).
 
 **Ending early.** A consumer that stops reading and closes the stream (``close()``/``aclose()``, a
-``break`` in a ``for`` loop over a generator, or the stream being garbage-collected), or a source that
-fails, still gets a final check (stage ``"response"``) of the text **delivered** to the consumer so
-far — every chunk in passthrough mode, the released chunks in buffer mode — so it is judged and
-recorded (log, audit line, hooks); nothing is yielded after that, and a source error still
-propagates. A stream abandoned but kept alive (neither closed nor collected) is judged only when it
-is collected.
+``break`` out of a loop over it, or the stream being garbage-collected), or a source that fails,
+still gets a final check (stage ``"response"``) of the text **delivered** to the consumer so far —
+every chunk in passthrough mode, the released chunks in buffer mode — so it is judged and recorded
+(log, audit line, hooks); nothing is yielded after that, and a source error still propagates. In
+passthrough mode at most ``stream_check_every`` characters plus one chunk reach the consumer unjudged
+before a check runs (the leak window).
 
 **Bytes chunks** are decoded as UTF-8 incrementally across chunks, so a character split between two
-chunks is judged whole (never as U+FFFD while the caller receives the intact text). ``get_chunk_text``
-must return ``str`` (or ``bytes``, decoded the same way); anything else is an ``InputError``.
+chunks is judged whole. ``get_chunk_text`` must return ``str`` (or ``bytes``); anything else is an
+``InputError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from grvl_sdk.backends.base import GuardInput
+from grvl_sdk._threads import in_daemon_thread
 from grvl_sdk.errors import GuardBlocked, InputError
-from grvl_sdk.middleware.extract import chunk_text
 from grvl_sdk.policy import Policy
+from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Stage, Verdict
 
 __all__ = ["aguard_stream", "guard_stream"]
 
 logger = logging.getLogger("grvl_sdk")
 
+#: ``refusal(verdict, last_chunk)``: what a refused stream yields (``last_chunk`` shows the chunk shape).
+StreamRefusal = Callable[[Verdict, Any], Any]
+
 
 class _Stream:
-    """One moderated stream: the text received, chunks held, text delivered, and when a check is due."""
+    """One moderated stream: text received and delivered per choice, chunks held, when a check is due."""
 
-    def __init__(self, policy: Policy, get_chunk_text: Callable[[Any], Any]) -> None:
+    def __init__(self, policy: Policy, get_chunk_text: Callable[[Any], Any] | None) -> None:
         self.every = policy.stream_check_every
         self.buffer = policy.stream_mode == "buffer"
         self.get_chunk_text = get_chunk_text
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.received: list[str] = []
+        self.received: dict[int, list[str]] = {}
+        self.delivered: dict[int, list[str]] = {}
         self.length = 0
         self.checked = 0
-        self.held: list[tuple[Any, str]] = []
-        self.delivered: list[str] = []
+        self.held: list[tuple[Any, list[tuple[int, str]]]] = []
+        self.last: Any = None
         #: The final judgement was made (or a block ended the stream): nothing more to judge.
         self.done = False
 
-    def read(self, chunk: Any) -> str:
-        """The chunk's text (bytes decoded incrementally), added to what was received."""
-        if isinstance(chunk, (bytes, bytearray, memoryview)) and self.get_chunk_text is chunk_text:
-            text = self.decoder.decode(bytes(chunk))
+    def read(self, chunk: Any) -> list[tuple[int, str]]:
+        """The chunk's text per choice (bytes decoded incrementally), added to what was received."""
+        self.last = chunk
+        if isinstance(chunk, (bytes, bytearray, memoryview)) and self.get_chunk_text is None:
+            parts = [(0, self.decoder.decode(bytes(chunk)))]
+        elif self.get_chunk_text is None:
+            from grvl_sdk.messages import chunk_deltas
+
+            parts = [(delta.index, delta.text) for delta in chunk_deltas(chunk)]
         else:
             value = self.get_chunk_text(chunk)
             if isinstance(value, (bytes, bytearray, memoryview)):
-                text = self.decoder.decode(bytes(value))
+                parts = [(0, self.decoder.decode(bytes(value)))]
             elif isinstance(value, str):
-                text = value
+                parts = [(0, value)]
             else:
                 raise InputError(
                     f"get_chunk_text must return str or bytes, got {type(value).__name__} for a "
                     f"{type(chunk).__name__} chunk"
                 )
-        self.received.append(text)
-        self.length += len(text)
-        return text
+        for index, text in parts:
+            self.received.setdefault(index, []).append(text)
+            self.length += len(text)
+        return parts
 
     def end(self) -> None:
-        """The source ended: flush an incomplete UTF-8 sequence (as U+FFFD) into the received text."""
+        """The source ended: flush an incomplete UTF-8 sequence (as U+FFFD) into choice 0."""
         tail = self.decoder.decode(b"", final=True)
         if tail:
-            self.received.append(tail)
+            self.received.setdefault(0, []).append(tail)
             self.length += len(tail)
             if self.held:
-                chunk, text = self.held[-1]
-                self.held[-1] = (chunk, text + tail)
+                self.held[-1][1].append((0, tail))
+            else:
+                self.delivered.setdefault(0, []).append(tail)
 
     @property
     def due(self) -> bool:
         return self.length - self.checked >= self.every
 
-    def text(self) -> str:
-        """Everything received, marked as checked."""
+    def texts(self) -> list[str]:
+        """Each choice's text received so far (choice 0 at least), marked as checked."""
         self.checked = self.length
-        return "".join(self.received)
+        return ["".join(self.received[i]) for i in sorted(self.received)] or [""]
+
+    def deliver(self, parts: list[tuple[int, str]]) -> None:
+        for index, text in parts:
+            self.delivered.setdefault(index, []).append(text)
 
     def release(self) -> Iterator[Any]:
         """The held chunks, each counted as delivered as it is handed over."""
         held, self.held = self.held, []
-        for chunk, text in held:
-            self.delivered.append(text)
+        for chunk, parts in held:
+            self.deliver(parts)
             yield chunk
 
+    def delivered_texts(self) -> list[str]:
+        self.done = True
+        return ["".join(parts) for _, parts in sorted(self.delivered.items()) if "".join(parts)]
 
-def _blocked(verdict: Verdict, stage: Stage, policy: Policy, refusal: Callable[[Verdict], Any] | None) -> Any:
+
+def _blocked(verdict: Verdict, stage: Stage, policy: Policy, refusal: StreamRefusal | None, last: Any) -> Any:
     if policy.on_block == "raise":
         raise GuardBlocked(verdict, stage=stage)
-    return refusal(verdict) if refusal is not None else policy.refusal
-
-
-def _delivered_item(item: GuardInput, stream: _Stream) -> GuardInput | None:
-    """What an early end judges: the request with the delivered text; ``None`` if nothing was delivered."""
-    stream.done = True
-    if not stream.delivered:
-        return None
-    return dataclasses.replace(item, response="".join(stream.delivered))
+    return refusal(verdict, last) if refusal is not None else policy.refusal
 
 
 def guard_stream(
@@ -123,52 +137,55 @@ def guard_stream(
     policy: Policy,
     *,
     call_id: str,
-    get_chunk_text: Callable[[Any], Any],
-    refusal: Callable[[Verdict], Any] | None = None,
+    get_chunk_text: Callable[[Any], Any] | None = None,
+    refusal: StreamRefusal | None = None,
+    on_verdict: Callable[[Verdict], Any] | None = None,
 ) -> Iterator[Any]:
     """Moderate a sync stream of chunks (see the module docstring)."""
     stream = _Stream(policy, get_chunk_text)
 
-    def check(stage: Stage) -> Verdict:
-        response_item = dataclasses.replace(item, response=stream.text())
-        return guard.check_input(response_item, policy=policy, stage=stage, call_id=call_id)
+    def judge(texts: list[str], stage: Stage) -> Verdict | None:
+        """Check each choice's text; the first blocking verdict (or ``None``)."""
+        for text in texts:
+            verdict = guard.check_input(dataclasses.replace(item, response=text), policy=policy, stage=stage,
+                                        call_id=call_id)  # fmt: skip
+            if on_verdict is not None:
+                on_verdict(verdict)
+            if verdict.blocked:
+                return verdict
+        return None
 
     def judge_delivered() -> None:
-        delivered = _delivered_item(item, stream)
-        if delivered is None:
-            return
-        try:
-            guard.check_input(delivered, policy=policy, stage="response", call_id=call_id)
-        except Exception:
-            logger.exception("the final check of a stream that ended early failed (call %s)", call_id)
+        texts = stream.delivered_texts()
+        if texts:
+            try:
+                judge(texts, "response")
+            except Exception:
+                logger.exception("the final check of a stream that ended early failed (call %s)", call_id)
 
     try:
         for chunk in source:
-            text = stream.read(chunk)
+            parts = stream.read(chunk)
             if stream.buffer:
-                stream.held.append((chunk, text))
+                stream.held.append((chunk, parts))
             else:
-                stream.delivered.append(text)
+                stream.deliver(parts)
                 yield chunk
             if stream.due:
-                verdict = check("stream")
-                if verdict.blocked:
+                blocking = judge(stream.texts(), "stream")
+                if blocking is not None:
                     stream.done = True
-                    yield _blocked(verdict, "stream", policy, refusal)
+                    yield _blocked(blocking, "stream", policy, refusal, stream.last)
                     return
                 yield from stream.release()
         stream.end()
         stream.done = True
-        verdict = check("response")
-        if verdict.blocked:
-            yield _blocked(verdict, "response", policy, refusal)
+        blocking = judge(stream.texts(), "response")
+        if blocking is not None:
+            yield _blocked(blocking, "response", policy, refusal, stream.last)
             return
         yield from stream.release()
-    except GeneratorExit:
-        if not stream.done:
-            judge_delivered()
-        raise
-    except Exception:
+    except BaseException:  # closed early (GeneratorExit), a failing source, anything: judge what was delivered
         if not stream.done:
             judge_delivered()
         raise
@@ -185,56 +202,72 @@ async def aguard_stream(
     policy: Policy,
     *,
     call_id: str,
-    get_chunk_text: Callable[[Any], Any],
-    refusal: Callable[[Verdict], Any] | None = None,
+    get_chunk_text: Callable[[Any], Any] | None = None,
+    refusal: StreamRefusal | None = None,
+    on_verdict: Callable[[Verdict], Any] | None = None,
 ) -> AsyncIterator[Any]:
     """Moderate an async stream of chunks (see the module docstring)."""
     stream = _Stream(policy, get_chunk_text)
 
-    async def check(stage: Stage) -> Verdict:
-        response_item = dataclasses.replace(item, response=stream.text())
-        return await guard.acheck_input(response_item, policy=policy, stage=stage, call_id=call_id)
+    async def judge(texts: list[str], stage: Stage) -> Verdict | None:
+        for text in texts:
+            verdict = await guard.acheck_input(dataclasses.replace(item, response=text), policy=policy,
+                                               stage=stage, call_id=call_id)  # fmt: skip
+            if on_verdict is not None:
+                on_verdict(verdict)
+            if verdict.blocked:
+                return verdict
+        return None
 
-    async def judge_delivered() -> None:
-        delivered = _delivered_item(item, stream)
-        if delivered is None:
-            return
+    def judge_sync(texts: list[str]) -> None:
         try:
-            await guard.acheck_input(delivered, policy=policy, stage="response", call_id=call_id)
+            for text in texts:
+                verdict = guard.check_input(dataclasses.replace(item, response=text), policy=policy,
+                                            stage="response", call_id=call_id)  # fmt: skip
+                if on_verdict is not None:
+                    on_verdict(verdict)
         except Exception:
             logger.exception("the final check of a stream that ended early failed (call %s)", call_id)
 
+    def judge_delivered() -> Any:
+        """The final check of what was delivered, on a worker thread: it completes and is recorded even
+        when the task awaiting it is cancelled or the event loop is shutting down."""
+        texts = stream.delivered_texts()
+        return in_daemon_thread(judge_sync, texts) if texts else None
+
     try:
         async for chunk in source:
-            text = stream.read(chunk)
+            parts = stream.read(chunk)
             if stream.buffer:
-                stream.held.append((chunk, text))
+                stream.held.append((chunk, parts))
             else:
-                stream.delivered.append(text)
+                stream.deliver(parts)
                 yield chunk
             if stream.due:
-                verdict = await check("stream")
-                if verdict.blocked:
+                blocking = await judge(stream.texts(), "stream")
+                if blocking is not None:
                     stream.done = True
-                    yield _blocked(verdict, "stream", policy, refusal)
+                    yield _blocked(blocking, "stream", policy, refusal, stream.last)
                     return
                 for released in stream.release():
                     yield released
         stream.end()
         stream.done = True
-        verdict = await check("response")
-        if verdict.blocked:
-            yield _blocked(verdict, "response", policy, refusal)
+        blocking = await judge(stream.texts(), "response")
+        if blocking is not None:
+            yield _blocked(blocking, "response", policy, refusal, stream.last)
             return
         for released in stream.release():
             yield released
-    except GeneratorExit:
+    except asyncio.CancelledError:  # cancelled: judge in the background, never delay the cancellation
         if not stream.done:
-            await judge_delivered()
+            judge_delivered()
         raise
-    except Exception:
+    except BaseException:  # closed early (GeneratorExit), a failing source, anything: judge what was delivered
         if not stream.done:
-            await judge_delivered()
+            pending = judge_delivered()
+            if pending is not None:
+                await asyncio.shield(asyncio.wrap_future(pending))
         raise
     finally:
         aclose = getattr(source, "aclose", None)

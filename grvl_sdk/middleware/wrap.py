@@ -1,33 +1,35 @@
 """``wrap``: guard any VLM call — sync or async, returning a value or streaming chunks.
 
-For each call (all verdicts of one call share a ``call_id``):
+A thin layer over :class:`grvl_sdk.calls.GuardedCall`. For each call (its verdicts share a ``call_id``):
 
 1. the request is found in the arguments (:mod:`grvl_sdk.middleware.extract`) and, if the policy
    checks requests, judged **before** the call: when it is blocked the wrapped function is not called;
 2. the function runs;
 3. if the policy checks responses, the response is judged **together with its request** (as the model
-   was trained); a stream is moderated as it flows (:mod:`grvl_sdk.middleware.streaming`).
+   was trained) — every choice, tool calls included; a stream is moderated as it flows
+   (:mod:`grvl_sdk.middleware.streaming`) and keeps its interface (iteration, ``close()``, ``with``).
 
 A block raises :class:`~grvl_sdk.errors.GuardBlocked` (``.verdict``, ``.stage``) or, with
-``on_block="refuse"``, returns the refusal: ``refusal(verdict)`` if a callable was given, else the
-policy's ``refusal`` text. In ``monitor`` mode nothing is blocked; verdicts are still logged.
-A call may override the policy for itself with a ``grvl_policy=`` keyword (removed before the call).
+``on_block="refuse"``, answers the refusal **in the shape the call returns** (a chat completion with
+``finish_reason="content_filter"``, a LangChain ``AIMessage``, a string...; see :mod:`grvl_sdk.shapes`),
+or ``refusal(verdict)`` if a callable was given. In ``monitor`` mode nothing is blocked; verdicts are
+still logged. A call may override the policy for itself with a ``grvl_policy=`` keyword (removed
+before the call).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from grvl_sdk.backends.base import GuardInput
-from grvl_sdk.errors import GuardBlocked
-from grvl_sdk.middleware.extract import RequestSpec, chunk_text, request_getter, response_text, to_spec
-from grvl_sdk.middleware.streaming import aguard_stream, guard_stream
-from grvl_sdk.policy import Policy, PolicyLike
-from grvl_sdk.verdict import Stage, Verdict, _new_id
+from grvl_sdk.calls import GuardedCall
+from grvl_sdk.errors import InputError
+from grvl_sdk.middleware.extract import RequestSpec, request_getter, to_spec
+from grvl_sdk.policy import PolicyLike
+from grvl_sdk.shapes import expected_kind
+from grvl_sdk.verdict import Verdict
 
 __all__ = ["POLICY_KWARG", "wrap"]
 
@@ -45,8 +47,8 @@ def _is_astream(value: Any) -> bool:
     return inspect.isasyncgen(value) or hasattr(value, "__anext__")
 
 
-class _Guarded:
-    """The per-wrap state shared by the sync and async call paths."""
+class _Wrapped:
+    """The per-wrap settings shared by every call of the wrapped function."""
 
     def __init__(
         self,
@@ -56,7 +58,7 @@ class _Guarded:
         policy: PolicyLike | None,
         get_request: Callable[..., Any] | None,
         get_response: Callable[[Any], str] | None,
-        get_chunk_text: Callable[[Any], str] | None,
+        get_chunk_text: Callable[[Any], Any] | None,
         refusal: Callable[[Verdict], Any] | None,
     ) -> None:
         self.guard = guard
@@ -66,95 +68,48 @@ class _Guarded:
         self.get_request: Callable[[tuple[Any, ...], dict[str, Any]], RequestSpec] = (
             (lambda args, kwargs: to_spec(get_request(*args, **kwargs))) if get_request is not None else default
         )
-        self.get_response = get_response or response_text
-        self.get_chunk_text = get_chunk_text or chunk_text
+        self.get_response = get_response
+        self.get_chunk_text = get_chunk_text
         self.refusal = refusal
 
-    def active_policy(self, kwargs: dict[str, Any]) -> Policy:
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> GuardedCall:
+        """A call: its policy (``kwargs`` loses the policy override) and request."""
         override = kwargs.pop(POLICY_KWARG, None)
-        return self.guard.policy.merged(self.policy).merged(override)
-
-    def prepare(self, spec: RequestSpec) -> GuardInput:
-        if spec.messages is not None:
-            # The request check judges the user's turn; an assistant prefill is not a response yet.
-            return dataclasses.replace(self.guard.prepare_conversation(spec.messages), response=None)
-        return self.guard.prepare(spec.text, images=spec.images)
-
-    def blocked(self, verdict: Verdict, stage: Stage, policy: Policy) -> Any:
-        if policy.on_block == "raise":
-            raise GuardBlocked(verdict, stage=stage)
-        return self.refusal(verdict) if self.refusal is not None else policy.refusal
-
-    def item(self, call: _Call) -> GuardInput:
-        """The call's prepared request (prepared now if the request check did not prepare it)."""
-        if call.item is None:
-            call.item = self.prepare(call.spec)
-        return call.item
-
-    def check_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
-        """Start a call: its policy (``kwargs`` loses the policy override), id, and request check (the
-        request's images are loaded within the policy's deadline)."""
-        policy = self.active_policy(kwargs)
-        call = _Call(policy, _new_id(), self.get_request(args, kwargs))
-        if policy.check != "response":
-            verdict, call.item = self.guard._check_call(
-                lambda: self.prepare(call.spec), policy, stage="request", call_id=call.call_id
-            )
-            call.blocking = verdict if verdict.blocked else None
-        return call
-
-    async def acheck_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
-        """Async twin of :meth:`check_request`."""
-        policy = self.active_policy(kwargs)
-        call = _Call(policy, _new_id(), self.get_request(args, kwargs))
-        if policy.check != "response":
-            verdict, call.item = await self.guard._acheck_call(
-                lambda: self.prepare(call.spec), policy, stage="request", call_id=call.call_id
-            )
-            call.blocking = verdict if verdict.blocked else None
-        return call
-
-    def check_response(self, result: Any, call: _Call) -> Verdict:
-        """Judge the call's result together with its request."""
-        text = self.get_response(result)
-        return self.guard._check_call(
-            lambda: dataclasses.replace(self.item(call), response=text),
-            call.policy, stage="response", call_id=call.call_id,
-        )[0]  # fmt: skip
-
-    async def acheck_response(self, result: Any, call: _Call) -> Verdict:
-        """Async twin of :meth:`check_response`."""
-        text = self.get_response(result)
-        return (await self.guard._acheck_call(
-            lambda: dataclasses.replace(self.item(call), response=text),
-            call.policy, stage="response", call_id=call.call_id,
-        ))[0]  # fmt: skip
-
-    def stream(self, source: Any, call: _Call) -> Any:
-        """``source`` moderated as it flows (see :func:`guard_stream`)."""
-        return guard_stream(
-            self.guard, source, self.item(call), call.policy, call_id=call.call_id,
-            get_chunk_text=self.get_chunk_text, refusal=self.refusal,
+        policy = self.guard.policy.merged(self.policy).merged(override)
+        spec = self.get_request(args, kwargs)
+        request: Any = spec.messages if spec.messages is not None else {"text": spec.text, "images": spec.images}
+        return GuardedCall(
+            self.guard, request, policy=policy, refusal=self.refusal, expects=expected_kind(self.fn, kwargs),
+            model=str(kwargs.get("model") or ""),
         )  # fmt: skip
 
-    def astream(self, source: Any, call: _Call) -> Any:
-        """Async twin of :meth:`stream`."""
-        return aguard_stream(
-            self.guard, source, self.item(call), call.policy, call_id=call.call_id,
-            get_chunk_text=self.get_chunk_text, refusal=self.refusal,
-        )  # fmt: skip
+    def response_value(self, result: Any) -> Any:
+        """What the response check reads: ``get_response(result)`` (a string) or the result itself."""
+        if self.get_response is None:
+            return result
+        text = self.get_response(result)
+        if not isinstance(text, str):
+            raise InputError(f"get_response must return the response text (str), got {type(text).__name__}")
+        return text
 
+    def _unreadable(self, exc: InputError) -> InputError:
+        if self.get_response is not None:
+            return exc
+        return InputError(f"{exc.message}; pass get_response=callable to wrap() to read this result", **exc.details)
 
-@dataclasses.dataclass
-class _Call:
-    """One guarded call: its policy, id, request (as found and as prepared), and the request verdict if
-    it blocked."""
+    def checked(self, call: GuardedCall, result: Any) -> Any:
+        try:
+            call.check_response(self.response_value(result))
+        except InputError as exc:
+            raise self._unreadable(exc) from exc
+        return call.refusal(call.blocked, like=result) if call.blocked else result
 
-    policy: Policy
-    call_id: str
-    spec: RequestSpec
-    item: GuardInput | None = None
-    blocking: Verdict | None = None
+    async def achecked(self, call: GuardedCall, result: Any) -> Any:
+        try:
+            await call.acheck_response(self.response_value(result))
+        except InputError as exc:
+            raise self._unreadable(exc) from exc
+        return call.refusal(call.blocked, like=result) if call.blocked else result
 
 
 def wrap(
@@ -164,25 +119,20 @@ def wrap(
     policy: PolicyLike | None = None,
     get_request: Callable[..., Any] | None = None,
     get_response: Callable[[Any], str] | None = None,
-    get_chunk_text: Callable[[Any], str] | None = None,
+    get_chunk_text: Callable[[Any], Any] | None = None,
     refusal: Callable[[Verdict], Any] | None = None,
 ) -> Callable[..., Any]:
     """Return ``fn`` guarded by ``guard`` (see the module docstring).
 
     ``policy`` overrides the guard's policy for this function. ``get_request(*args, **kwargs)`` returns
     the request (a ``RequestSpec``, a string, ``{"text", "image", "images"}`` or ``{"messages"}``);
-    ``get_response(result)`` and ``get_chunk_text(chunk)`` return text; ``refusal(verdict)`` builds what
-    a refused call returns (or yields, for a stream).
+    ``get_response(result)`` returns the response text; ``get_chunk_text(chunk)`` a chunk's text;
+    ``refusal(verdict)`` builds what a refused call returns (or yields, for a stream).
     """
-    state = _Guarded(
-        guard,
-        fn,
-        policy=policy,
-        get_request=get_request,
-        get_response=get_response,
-        get_chunk_text=get_chunk_text,
-        refusal=refusal,
-    )
+    state = _Wrapped(
+        guard, fn, policy=policy, get_request=get_request, get_response=get_response,
+        get_chunk_text=get_chunk_text, refusal=refusal,
+    )  # fmt: skip
     if inspect.isasyncgenfunction(fn):
         return _wrap_async_generator(state)
     if inspect.iscoroutinefunction(fn):
@@ -192,77 +142,64 @@ def wrap(
     return _wrap_sync(state)
 
 
-def _wrap_sync(state: _Guarded) -> Callable[..., Any]:
-
+def _wrap_sync(state: _Wrapped) -> Callable[..., Any]:
     @functools.wraps(state.fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        call = state.check_request(args, kwargs)
-        if call.blocking is not None:
-            return state.blocked(call.blocking, "request", call.policy)
+        call = state.start(args, kwargs)
+        if call.check_request() is not None and call.blocked:
+            return call.refusal()
         result = state.fn(*args, **kwargs)
-        if call.policy.check == "request":
-            return result
         if _is_stream(result):
-            return state.stream(result, call)
-        verdict = state.check_response(result, call)
-        if verdict.blocked:
-            return state.blocked(verdict, "response", call.policy)
-        return result
+            return call.stream(result, get_chunk_text=state.get_chunk_text)
+        if _is_astream(result):
+            return call.astream(result, get_chunk_text=state.get_chunk_text)
+        return state.checked(call, result)
 
     return guarded
 
 
-def _wrap_async(state: _Guarded) -> Callable[..., Any]:
-
+def _wrap_async(state: _Wrapped) -> Callable[..., Any]:
     @functools.wraps(state.fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        call = await state.acheck_request(args, kwargs)
-        if call.blocking is not None:
-            return state.blocked(call.blocking, "request", call.policy)
+        call = state.start(args, kwargs)
+        if await call.acheck_request() is not None and call.blocked:
+            return call.refusal()
         result = await state.fn(*args, **kwargs)
-        if call.policy.check == "request":
-            return result
         if _is_astream(result):
-            return state.astream(result, call)
-        verdict = await state.acheck_response(result, call)
-        if verdict.blocked:
-            return state.blocked(verdict, "response", call.policy)
-        return result
+            return call.astream(result, get_chunk_text=state.get_chunk_text)
+        if _is_stream(result):
+            return call.stream(result, get_chunk_text=state.get_chunk_text)
+        return await state.achecked(call, result)
 
     return guarded
 
 
-def _wrap_generator(state: _Guarded) -> Callable[..., Any]:
+def _wrap_generator(state: _Wrapped) -> Callable[..., Any]:
     @functools.wraps(state.fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        call = state.check_request(args, kwargs)
-        if call.blocking is not None:
-            yield state.blocked(call.blocking, "request", call.policy)
+        call = state.start(args, kwargs)
+        if call.check_request() is not None and call.blocked:
+            yield call.refusal()
             return
-        source = state.fn(*args, **kwargs)
-        if call.policy.check == "request":
-            yield from source
-            return
-        yield from state.stream(source, call)
+        yield from call.stream(state.fn(*args, **kwargs), get_chunk_text=state.get_chunk_text)
 
     return guarded
 
 
-def _wrap_async_generator(state: _Guarded) -> Callable[..., Any]:
+def _wrap_async_generator(state: _Wrapped) -> Callable[..., Any]:
     @functools.wraps(state.fn)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        call = await state.acheck_request(args, kwargs)
-        if call.blocking is not None:
-            yield state.blocked(call.blocking, "request", call.policy)
+        call = state.start(args, kwargs)
+        if await call.acheck_request() is not None and call.blocked:
+            yield call.refusal()
             return
-        source = state.fn(*args, **kwargs)
         # ``async for`` does not close what it iterates when the consumer stops early: close it here,
-        # so the source is released and a moderated stream runs its final check.
-        inner = source if call.policy.check == "request" else state.astream(source, call)
+        # so the source is released and the moderated stream runs its final check.
+        stream = call.astream(state.fn(*args, **kwargs), get_chunk_text=state.get_chunk_text)
         try:
-            async for chunk in inner:
+            async for chunk in stream:
                 yield chunk
         finally:
-            await inner.aclose()
+            await stream.aclose()
 
     return guarded

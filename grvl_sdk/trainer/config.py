@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from grvl_sdk._constants import DEFAULT_MIN_PIXELS, RSFT_MAX_PIXELS
 from grvl_sdk.errors import TrainingConfigError
 
 __all__ = ["PRESETS", "BatchPlan", "RSFTConfig"]
@@ -127,7 +127,7 @@ class RSFTConfig:
     # -- images ---------------------------------------------------------------------------------
     #: Pixel budget per image (R-SFT used at most 768×768).
     min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = RSFT_MAX_PIXELS
 
     # -- run ------------------------------------------------------------------------------------
     logging_steps: int = 10

@@ -33,8 +33,8 @@ from typing import Any, Literal
 from PIL import Image
 
 from grvl_sdk.errors import DataError
-from grvl_sdk.parsing import Label
-from grvl_sdk.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, build_transcript, parse_transcript
+from grvl_sdk.protocol.parsing import Label
+from grvl_sdk.protocol.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, build_transcript, parse_transcript
 
 __all__ = [
     "ColumnMap",
@@ -419,7 +419,7 @@ def vltrain_sample(
         answer_field = f"{key}[{offset + 1}].{'content' if key == 'messages' else 'value'}"
         completion = _content_text(messages[1][1], answer_field)
         from grvl_sdk.errors import ParseError
-        from grvl_sdk.parsing import parse_output
+        from grvl_sdk.protocol.parsing import parse_output
 
         try:
             parsed = parse_output(completion)

@@ -1,6 +1,6 @@
 """Turning samples into training tensors with the *inference* prompt code.
 
-The prompt of every sample is tokenised by :class:`grvl_sdk.backends._encoding.PromptEncoder`, the
+The prompt of every sample is tokenised by :class:`grvl_sdk.protocol.encoding.PromptEncoder`, the
 same object the local backend uses to build a ``Guard``'s prompts: same system message, same
 image-block position, same injection-proof tokenisation (user text never becomes special tokens). The
 assistant turn (:meth:`TrainingSample.target`) follows, then ``<|im_end|>``; the loss covers only that
@@ -13,18 +13,18 @@ import io
 import logging
 import os
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from grvl_sdk._constants import DEFAULT_MIN_PIXELS, RSFT_MAX_PIXELS
 from grvl_sdk._lazy import require
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.errors import DataError, ImageError
-from grvl_sdk.images import load_image
+from grvl_sdk.images import load_image, resize_to_grid, smart_resize
 from grvl_sdk.trainer.data import TrainingSample
+from grvl_sdk.types import GuardInput
 
 __all__ = [
     "EncodedExample",
@@ -42,11 +42,9 @@ IGNORE_INDEX = -100
 _PLACEHOLDER = Image.new("RGB", (28, 28))
 
 
-def prompt_encoder(
-    processor: Any, *, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Any:
+def prompt_encoder(processor: Any, *, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = RSFT_MAX_PIXELS) -> Any:
     """The local backend's prompt encoder for ``processor`` (the object ``Guard`` prompts go through)."""
-    from grvl_sdk.backends._encoding import PromptEncoder
+    from grvl_sdk.protocol.encoding import PromptEncoder
 
     return PromptEncoder(processor, min_pixels=min_pixels, max_pixels=max_pixels)
 
@@ -59,14 +57,6 @@ def _guard_input(sample: TrainingSample, images: Sequence[Image.Image] | None = 
 def training_prompt(sample: TrainingSample, processor: Any) -> str:
     """The prompt string a sample is trained on; equals ``Guard.format_prompt`` for the same input."""
     return prompt_encoder(processor).format_prompt(_guard_input(sample))
-
-
-def _smart_resize() -> Callable[..., tuple[int, int]]:
-    try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-    return smart_resize
 
 
 def _image_size(image: Any) -> tuple[int, int]:
@@ -83,16 +73,18 @@ def _image_size(image: Any) -> tuple[int, int]:
 
 
 def image_token_count(image: Any, *, patch_size: int, merge_size: int, min_pixels: int, max_pixels: int) -> int:
-    """Vision tokens the Qwen2.5-VL processor gives ``image`` (orientation does not change the count)."""
+    """Vision tokens the Qwen2.5-VL processor gives ``image`` (orientation does not change the count).
+
+    The grid is :func:`grvl_sdk.images.smart_resize`, the one resize rule the SDK uses everywhere (the
+    guard's inputs, the remote backend, evaluation). Raises :class:`ImageError` for an unreadable image or
+    one the rule refuses (an aspect ratio over 200:1).
+    """
     try:
         width, height = _image_size(image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot read image: {type(exc).__name__}: {exc}") from exc
     factor = patch_size * merge_size
-    try:
-        h_bar, w_bar = _smart_resize()(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    except ValueError as exc:
-        raise ImageError(str(exc)) from exc
+    h_bar, w_bar = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return (h_bar // patch_size) * (w_bar // patch_size) // (merge_size**2)
 
 
@@ -116,7 +108,7 @@ def encode_samples(
     processor: Any,
     *,
     min_pixels: int = DEFAULT_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = RSFT_MAX_PIXELS,
     max_length: int | None = 2048,
     progress: bool = False,
 ) -> tuple[list[EncodedExample], list[tuple[str | None, int]]]:
@@ -193,7 +185,7 @@ class RSFTCollator:
         processor: Any,
         *,
         min_pixels: int = DEFAULT_MIN_PIXELS,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = RSFT_MAX_PIXELS,
     ) -> None:
         self.examples = examples
         encoder = prompt_encoder(processor, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -224,7 +216,10 @@ class RSFTCollator:
             labels[row, len(prompt) : length] = completion
             for index, image in enumerate(example.images):
                 try:
-                    images.append(load_image(image))
+                    # The one resize to the grid, as the guard's own encoder does: training sees the pixels
+                    # inference sees (the image processor then has nothing left to change).
+                    loaded = load_image(image)
+                    images.append(resize_to_grid(loaded, min_pixels=self.min_pixels, max_pixels=self.max_pixels))
                 except ImageError as exc:
                     raise ImageError(f"{example.source}: images[{index}]: {exc.message}") from exc
             expected.extend(example.image_tokens)

@@ -35,11 +35,11 @@ from typing import Any
 
 from PIL import Image
 
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS
+from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from grvl_sdk.errors import GRVLError, ParseError, TrainingConfigError
-from grvl_sdk.images import encode_data_url, load_image
-from grvl_sdk.parsing import Label, ParsedOutput, parse_output
-from grvl_sdk.prompt import SYSTEM_PROMPT, build_messages
+from grvl_sdk.images import encode_data_url, load_image, resize_to_grid
+from grvl_sdk.protocol.parsing import Label, ParsedOutput, parse_output
+from grvl_sdk.protocol.prompt import SYSTEM_PROMPT, build_messages
 from grvl_sdk.trainer.data import TrainingSample, sample_to_record
 
 __all__ = ["TEACHER_INSTRUCTION", "SynthesisReport", "synthesize", "teacher_messages", "validate_teacher_answer"]
@@ -102,10 +102,18 @@ def _gold_lines(sample: TrainingSample) -> str:
 
 
 def teacher_messages(
-    sample: TrainingSample, images: Sequence[Image.Image] = (), *, max_pixels: int = DEFAULT_MAX_PIXELS
+    sample: TrainingSample,
+    images: Sequence[Image.Image] = (),
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
 ) -> list[dict[str, Any]]:
-    """OpenAI chat messages asking the teacher to explain ``sample``'s gold labels."""
-    urls = [encode_data_url(_shrink(image, max_pixels)) for image in images]
+    """OpenAI chat messages asking the teacher to explain ``sample``'s gold labels.
+
+    Each image is resized with :func:`grvl_sdk.images.resize_to_grid` within ``[min_pixels, max_pixels]``
+    (pixels): the teacher sees the pixels the guard sees, on Qwen2.5-VL's 28-px grid.
+    """
+    urls = [encode_data_url(resize_to_grid(image, min_pixels=min_pixels, max_pixels=max_pixels)) for image in images]
     guard = build_messages(
         sample.request,
         sample.response,
@@ -118,13 +126,6 @@ def teacher_messages(
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": content},
     ]
-
-
-def _shrink(image: Image.Image, max_pixels: int) -> Image.Image:
-    if image.width * image.height <= max_pixels:
-        return image
-    scale = (max_pixels / (image.width * image.height)) ** 0.5
-    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC)
 
 
 def validate_teacher_answer(answer: str, sample: TrainingSample) -> tuple[ParsedOutput | None, str | None]:

@@ -1,5 +1,8 @@
 """Micro-batching: concurrent checks from threads and tasks coalesced into batched ``generate`` calls.
 
+:class:`MicroBatched` is the backend wrapper a ``Guard`` puts around an in-process backend;
+:class:`MicroBatcher` is its queue and worker.
+
 Callers :meth:`MicroBatcher.submit` one input and get a ``concurrent.futures.Future``. One worker
 thread takes the oldest pending input and runs it together with the others pending (up to
 ``max_batch_size``); inputs that arrive while a batch runs are taken together by the next one. When
@@ -17,18 +20,21 @@ get a :class:`~grvl_sdk.errors.BackendError`); if the worker thread is gone all 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from grvl_sdk.backends.base import Generation, GuardInput
+from grvl_sdk._threads import to_daemon_thread
+from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError
+from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
-__all__ = ["MicroBatcher", "agenerate_isolated", "generate_isolated"]
+__all__ = ["MicroBatched", "MicroBatcher", "agenerate_isolated", "generate_isolated"]
 
 logger = logging.getLogger("grvl_sdk")
 
@@ -193,11 +199,86 @@ class MicroBatcher:
             else:
                 pending.future.set_result(outcome)
 
-    def close(self) -> None:
-        """Finish the pending inputs, then stop the worker."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop taking inputs: the pending ones fail with :class:`GuardClosedError` at once, the batch
+        running finishes on its own, and the worker stops after it. Waits at most ``timeout`` seconds
+        for that (never for a backend that does not return: the worker is a daemon thread)."""
         with self._cond:
             self._closed = True
+            pending, self._pending = self._pending, []
             self._cond.notify_all()
             thread = self._thread
+        for item in pending:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(GuardClosedError("the guard was closed before this check ran"))
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout)
+
+
+class MicroBatched(Backend):
+    """``inner`` behind a :class:`MicroBatcher`: concurrent greedy ``generate`` calls (from threads or
+    tasks) are coalesced into batched calls of ``inner``. Each input of a call waits for its own
+    result until the call's deadline; sampling calls (``decoding.n > 1`` or ``temperature > 0``) go
+    straight to ``inner``. Wrap ``inner`` in :class:`~grvl_sdk.backends.bounded.Bounded` so a batch
+    whose backend hangs is given up at its deadline and the worker serves the next one."""
+
+    def __init__(self, inner: Backend, *, max_batch_size: int, max_wait_ms: float) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.prefers_micro_batching = inner.prefers_micro_batching
+
+        def run(items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
+            return inner.generate(items, max_new_tokens=budget, deadline=deadline)
+
+        self.batcher = MicroBatcher(run, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+
+    @property
+    def image_bounds(self) -> tuple[int, int] | None:
+        return self.inner.image_bounds
+
+    @property
+    def cache_settings(self) -> str:
+        return self.inner.cache_settings
+
+    def _submit(self, inputs: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Future[Generation]]:
+        try:
+            return [self.batcher.submit(item, max_new_tokens=budget, deadline=deadline) for item in inputs]
+        except RuntimeError as exc:
+            raise GuardClosedError(f"the guard is closed: {exc}") from exc
+
+    def generate(
+        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None,
+        decoding: Decoding = GREEDY,
+    ) -> list[Generation]:  # fmt: skip
+        if decoding != GREEDY:
+            return self.inner.generate(inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding)
+        futures = self._submit(inputs, max_new_tokens, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        _done, pending = wait(futures, timeout=timeout)
+        for future in pending:
+            future.cancel()
+        if pending:
+            raise DeadlineExceededError("deadline passed while queued or generating")
+        return [future.result() for future in futures]
+
+    async def agenerate(
+        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None,
+        decoding: Decoding = GREEDY,
+    ) -> list[Generation]:  # fmt: skip
+        if decoding != GREEDY:
+            return await self.inner.agenerate(
+                inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding
+            )
+        futures = [asyncio.wrap_future(f) for f in self._submit(inputs, max_new_tokens, deadline)]
+        return list(await asyncio.gather(*futures))
+
+    def format_prompt(self, item: GuardInput) -> str:
+        return self.inner.format_prompt(item)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        await to_daemon_thread(self.batcher.close)
+        await self.inner.aclose()

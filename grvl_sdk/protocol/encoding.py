@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from grvl_sdk._constants import MAX_IMAGES_PER_CHECK
-from grvl_sdk.backends.base import GuardInput
 from grvl_sdk.errors import InputError, ModelLoadError
 from grvl_sdk.images import resize_to_grid
-from grvl_sdk.prompt import build_messages
+from grvl_sdk.protocol.prompt import build_messages
+from grvl_sdk.types import GuardInput
 
 __all__ = ["EncodedBatch", "PromptEncoder"]
 
