@@ -19,6 +19,7 @@ arguments, refusal parts, images in any role — or the call is refused with ``I
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,20 @@ class GuardedCall:
         return refusal(shape, self.policy.refusal, verdict, stage=verdict.stage or "request", template=like,
                        model=self.model)  # fmt: skip
 
+    def refusal_stream(self, verdict: Verdict | None = None) -> GuardedStream:
+        """A blocked *streaming* call's answer: a stream (same interface as a guarded one) holding the
+        refusal as its only chunk."""
+        return GuardedStream(iter([self.refusal(verdict)]), None)
+
+    def arefusal_stream(self, verdict: Verdict | None = None) -> AsyncGuardedStream:
+        """Async twin of :meth:`refusal_stream`."""
+        chunk = self.refusal(verdict)
+
+        async def one() -> AsyncIterator[Any]:
+            yield chunk
+
+        return AsyncGuardedStream(one(), None)
+
     # -- response --------------------------------------------------------------------------------
     def _responses(self, response: Any) -> list[GuardInput]:
         from grvl_sdk.messages import response_messages
@@ -151,7 +166,7 @@ class GuardedCall:
         if not self.checks_response:
             return response
         for item in self._responses(response):
-            verdict = self.guard._run(lambda item=item: item, True, self.policy, None, stage="response",
+            verdict = self.guard._run(functools.partial(_same, item), True, self.policy, None, stage="response",
                                       call_id=self.call_id)[0]  # fmt: skip
             if self._settle(verdict, "response").blocked:
                 return self.refusal(verdict, like=response)
@@ -162,8 +177,8 @@ class GuardedCall:
         if not self.checks_response:
             return response
         for item in self._responses(response):
-            verdict = (await self.guard._arun(lambda item=item: item, True, self.policy, None, stage="response",
-                                              call_id=self.call_id))[0]  # fmt: skip
+            verdict = (await self.guard._arun(functools.partial(_same, item), True, self.policy, None,
+                                              stage="response", call_id=self.call_id))[0]  # fmt: skip
             if self._settle(verdict, "response").blocked:
                 return self.refusal(verdict, like=response)
         return response
@@ -197,6 +212,10 @@ class GuardedCall:
 
     def _stream_refusal(self, verdict: Verdict, last_chunk: Any) -> Any:
         return self.refusal(verdict, like=last_chunk) if last_chunk is not None else self.refusal(verdict)
+
+
+def _same(item: GuardInput) -> GuardInput:
+    return item
 
 
 def _request_input(guard: Guard, request: Any) -> GuardInput:

@@ -27,8 +27,9 @@ messages, tuples or prompt values — is reduced to:
   of earlier turns, newest first, while the per-check limit allows (they were judged when they were new).
 
 A chat with a single user turn gives exactly the request of a plain ``guard.check``. Images given as
-remote ``http(s)`` URLs are refused with ``InputError`` (the guard must see every image the model sees,
-and it fetches nothing unless a fetch policy allows it).
+remote ``http(s)`` URLs stay :class:`~grvl_sdk.messages.RemoteImage` sources: ``Guard.prepare`` fetches
+them when the guard's ``image_fetch`` policy allows, and refuses them with ``InputError`` otherwise (the
+guard must see every image the model sees).
 """
 
 from __future__ import annotations
@@ -81,22 +82,15 @@ def conversation_input(
 ) -> ConversationInput:
     """Reduce a chat to the guard's request and response (see the module docstring).
 
-    Raises :class:`InputError` for unreadable messages, a chat without a user turn, remote image URLs,
-    or more new images than one check takes."""
-    from grvl_sdk.messages import RemoteImage, to_messages
+    Raises :class:`InputError` for unreadable messages, a chat without a user turn, or more new images
+    than one check takes."""
+    from grvl_sdk.messages import to_messages
 
     if isinstance(messages, (str, bytes)):
         raise InputError("messages must be a list of chat messages (use guard.check for a single text)")
     if context_chars < 0:
         raise InputError(f"context_chars must be >= 0, got {context_chars}")
     turns = to_messages(messages)
-    for turn in turns:
-        for image in turn.images:
-            if isinstance(image, RemoteImage):
-                raise InputError(
-                    f"image URL {image.url!r}: the guard does not fetch remote images unless allowed; download it "
-                    "and pass its bytes or a data: URL (every image the model sees must reach the guard)"
-                )
     users = [i for i, turn in enumerate(turns) if turn.role == "user"]
     if not users:
         raise InputError("the conversation has no user message to check")

@@ -80,7 +80,7 @@ class VerdictSink:
         self, audit_log: AuditLog | str | os.PathLike[str] | None = None, hooks: Iterable[VerdictHook] = ()
     ) -> None:
         self._owns_audit_log = not isinstance(audit_log, AuditLog) and audit_log is not None
-        self.audit_log = AuditLog(audit_log) if self._owns_audit_log else audit_log  # type: ignore[arg-type]
+        self.audit_log: AuditLog | None = AuditLog(audit_log) if self._owns_audit_log else audit_log  # type: ignore[arg-type,assignment]
         self.hooks: list[VerdictHook] = list(hooks)
 
     def emit(self, verdict: Verdict, item: GuardInput | None, hashes: ContentHashes | None = None) -> None:

@@ -449,6 +449,7 @@ class ImageFetcher:
                 except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     if not isinstance(exc, httpx.ConnectError) or i + 1 == len(ips):
                         raise self._failed(exc, target, budget) from None
+            assert following is not None  # a redirect: a None next target returned above
             target, hops = following, hops + 1
 
     async def afetch(self, url: str, *, deadline: float | None = None) -> bytes:
@@ -481,6 +482,7 @@ class ImageFetcher:
                 except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     if not isinstance(exc, httpx.ConnectError) or i + 1 == len(ips):
                         raise self._failed(exc, target, budget) from None
+            assert following is not None  # a redirect: a None next target returned above
             target, hops = following, hops + 1
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ decorator over it).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import weakref
@@ -126,6 +127,7 @@ class Guard:
         self._parent = parent
         self._engine = Engine(stack, cache=cache, sink=sink, model_id=raw.model_id)
         self._owned: list[Callable[[], None]] = []
+        self._fetcher: Any = None
         if batched is not None and (parent is None or batched is not parent._batched):
             # The batcher's worker holds no reference to the guard: stop it when the guard is collected.
             self._owned.append(weakref.finalize(self, batched.batcher.close))
@@ -161,7 +163,9 @@ class Guard:
 
         guard_kwargs, model_kwargs = _split_options(kwargs)
         opts = (options or GuardOptions()).merged(guard_kwargs)  # validated before loading anything
-        pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        pixels: dict[str, Any] = {
+            k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None
+        }
         model_id = model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
         if quantization in ("none", "None", ""):
             quantization = None
@@ -288,6 +292,7 @@ class Guard:
         the same for every backend. Raises :class:`InputError` (:class:`~grvl_sdk.errors.ImageError`)."""
         text = _clean_text("text", text)
         response = _clean_text("response", response)
+        image, images = self._fetch_remote(image), self._fetch_remote(images)
         loaded = load_images(image, images, max_image_pixels=self.max_image_pixels)
         if len(loaded) > MAX_IMAGES_PER_CHECK:
             raise InputError(
@@ -299,6 +304,29 @@ class Guard:
         if not text and not loaded and response is None:
             raise InputError("nothing to check: give a request text, an image, a response, or several", field="text")
         return GuardInput(text=text or None, response=response, images=tuple(loaded))
+
+    def _fetch_remote(self, source: Any) -> Any:
+        """``source`` (an image or a list of images) with remote image URLs replaced by their bytes,
+        fetched within the ``image_fetch`` policy; without one, a clear ``InputError``."""
+        from grvl_sdk.messages import RemoteImage
+
+        if isinstance(source, (list, tuple)):
+            return [self._fetch_remote(one) for one in source]
+        url = source.url if isinstance(source, RemoteImage) else source
+        if not (isinstance(url, str) and url[:8].lower().startswith(("http://", "https://"))):
+            return source
+        policy = self._options.image_fetch
+        if policy is None:
+            raise InputError(
+                f"image URL {url[:200]!r}: the guard fetches no remote image unless allowed (Guard(image_fetch="
+                "FetchPolicy(allow=[...])), see grvl_sdk.fetch); or download it and pass its bytes or a data: URL",
+                field="images",
+            )
+        from grvl_sdk.fetch import ImageFetcher
+
+        if self._fetcher is None:
+            self._fetcher = ImageFetcher(policy)
+        return self._fetcher.fetch(url)
 
     def prepare_conversation(self, messages: Sequence[Any], *, context_chars: int | None = None) -> GuardInput:
         """The ``GuardInput`` :meth:`check_conversation` judges."""
@@ -551,10 +579,13 @@ class Guard:
                     index=index,
                 )
             try:
-                admitted.append(self._engine.admit(lambda spec=spec: self.prepare(**spec), budget, policy))
+                admitted.append(self._engine.admit(functools.partial(self._prepare_spec, spec), budget, policy))
             except InputError as exc:
                 raise type(exc)(f"check_batch input {index}: {exc.message}", index=index, **exc.details) from exc
         return admitted
+
+    def _prepare_spec(self, spec: Mapping[str, Any]) -> GuardInput:
+        return self.prepare(**spec)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -579,6 +610,8 @@ class Guard:
         self._engine.prepare_pool.shutdown()
         for release in self._owned:
             release()
+        if self._fetcher is not None:
+            self._fetcher.close()
         return self._parent is None
 
     def __enter__(self) -> Guard:

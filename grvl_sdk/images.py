@@ -45,7 +45,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -199,7 +199,7 @@ def _from_integer(image: Image.Image) -> Image.Image:
     A transparent value (``info["transparency"]``, as 16-bit PNGs carry) is composited on white.
     """
     wide = image if image.mode == "I" else image.convert("I")
-    low, high = wide.getextrema()
+    low, high = cast("tuple[int, int]", wide.getextrema())
     if low < 0 or high > _MAX_16BIT:
         raise ImageError(
             f"integer image has values {low}..{high}, outside 0..{_MAX_16BIT}: no standard mapping to 8 bits"
@@ -358,11 +358,12 @@ def _load(source: Any, max_image_pixels: int, max_pixels: int | None, frames: bo
             raise ImageError(f"bad image path: {exc}") from exc
         return _load_file(path, max_image_pixels, max_pixels, frames)
     if isinstance(source, str):
-        data, found = _bytes_from_string(source)
+        decoded, found = _bytes_from_string(source)
         if found is not None:
             return _load_file(str(found), max_image_pixels, max_pixels, frames)
+        assert decoded is not None  # a string names a file, or holds the data
         try:
-            image = _open(data, max_image_pixels)  # type: ignore[arg-type]
+            image = _open(decoded, max_image_pixels)
         except ImageTooLargeError:
             raise
         except ImageError as exc:

@@ -56,6 +56,20 @@ class GuardOptions(SettingsModel):
     audit_log: Any = None
     #: Callbacks given every decided verdict.
     on_verdict: tuple[Callable[..., Any], ...] = ()
+    #: Fetch ``http(s)`` image URLs found in requests, within this policy (an allowlist, SSRF-safe; see
+    #: :mod:`grvl_sdk.fetch`). ``None`` (default): image URLs are refused with ``InputError``.
+    image_fetch: Any = None
+
+    @field_validator("image_fetch", mode="before")
+    @classmethod
+    def _fetch(cls, value: Any) -> Any:
+        from grvl_sdk.fetch import FetchPolicy
+
+        if value is None or isinstance(value, FetchPolicy):
+            return value
+        if isinstance(value, dict):
+            return FetchPolicy(**value)
+        raise ValueError(f"must be a FetchPolicy (or a dict of its fields), got {type(value).__name__}")
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -114,3 +128,4 @@ class GuardOptionsKwargs(TypedDict, total=False):
     context_chars: int
     audit_log: Any
     on_verdict: Callable[..., Any] | Sequence[Callable[..., Any]] | None
+    image_fetch: Any

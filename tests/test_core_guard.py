@@ -22,7 +22,7 @@ from grvl_sdk import (
     Verdict,
 )
 from grvl_sdk.backends import local as local_module
-from grvl_sdk.backends.local import _StopOnVerdict
+from grvl_sdk.backends._decoding import _StopOnVerdict
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -219,8 +219,10 @@ def test_model_load_errors_are_typed_and_fast(tmp_path, monkeypatch):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="load_adapter_guard"):
         Guard.from_pretrained(str(tmp_path))
-    monkeypatch.setattr(local_module, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(local_module, "_is_cached", lambda *a: False)
+    from grvl_sdk.backends import _loading
+
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(_loading, "_is_cached", lambda *a: False)
     with pytest.raises(ModelLoadError) as info:
         Guard.from_pretrained("yueliu1999/GuardReasoner-VL-Eco-3B")
     assert "yueliu1999/GuardReasoner-VL-Eco-3B" in info.value.message

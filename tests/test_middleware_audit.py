@@ -460,3 +460,25 @@ def test_error_messages_that_may_quote_content_stay_out_of_the_audit_log(tmp_pat
         "backend_error",
         "BackendError",
     )
+
+
+def test_the_documented_logging_recipe_does_not_break_other_loggers():
+    """docs/middleware.md's formatter: verdict records show their fields, other records format too."""
+    formatter = logging.Formatter(
+        "%(levelname)s %(grvl_decision)s %(grvl_stage)s %(message)s", defaults={"grvl_decision": "-", "grvl_stage": "-"}
+    )
+    other = logging.LogRecord("my_app", logging.WARNING, __file__, 1, "plain", None, None)
+    assert formatter.format(other) == "WARNING - - plain"
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("grvl_sdk")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        Guard(ScriptedBackend.flagging("bomb")).check("a bomb")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    assert formatter.format(records[-1]).startswith("INFO block None guard verdict")

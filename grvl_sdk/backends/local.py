@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-from grvl_sdk._constants import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
-    MODEL_ENV_VAR,
-    RESULT_CLOSE,
-    SCORE_TOP_K,
-)
+from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, SCORE_TOP_K
 from grvl_sdk._lazy import require
 from grvl_sdk._threads import to_daemon_thread
+from grvl_sdk.backends._decoding import _LabelLogprobs, _StopAtDeadline, _StopOnVerdict
+from grvl_sdk.backends._loading import resolve_model
 from grvl_sdk.backends._processor import load_processor
 from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError, ModelLoadError
@@ -36,172 +29,13 @@ from grvl_sdk.protocol.encoding import EncodedBatch, PromptEncoder
 from grvl_sdk.protocol.parsing import verdict_end
 from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
 
-__all__ = ["LocalBackend", "Quantization"]
+__all__ = ["LocalBackend", "Quantization", "resolve_model"]
 
 logger = logging.getLogger("grvl_sdk")
 
 Quantization = Literal["4bit", "8bit"]
 # Module paths of the vision tower (transformers 5.x, 4.x) and the output head: never quantised.
 _SKIP_QUANTIZATION = ["model.visual", "visual", "lm_head"]
-
-
-def _looks_like_path(model_id: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
-    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        from huggingface_hub import constants
-
-        endpoint = constants.ENDPOINT
-        if constants.HF_HUB_OFFLINE:
-            return False
-    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
-        endpoint = "https://huggingface.co"
-    parsed = urlparse(endpoint)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _is_cached(model_id: str, revision: str | None, cache_dir: str | None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model_id, "config.json", revision=revision, cache_dir=cache_dir)
-        return isinstance(found, str)
-    except Exception:
-        return False
-
-
-def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> tuple[str, bool]:
-    """Check that ``model_id`` can be loaded before loading it; returns (id, local_files_only).
-
-    Fails fast with :class:`ModelLoadError` when the id is a missing folder, or a hub id that is
-    neither cached nor downloadable (no network): the message says how to pass a local path.
-    """
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise ModelLoadError("model id must be a non-empty string (a hub id or a local folder)")
-    try:
-        path = Path(model_id).expanduser()
-    except RuntimeError as exc:  # "~user" with no such user
-        raise ModelLoadError(f"cannot resolve model path {model_id!r}: {exc}") from exc
-    if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
-            raise ModelLoadError(
-                f"{str(path)!r} holds a LoRA adapter, not a full checkpoint: load it with "
-                "grvl_sdk.trainer.load_adapter_guard(path), or merge it first with `grvl train merge ADAPTER OUT`",
-                model=model_id,
-            )
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{str(path)!r} is a folder but holds no config.json: not a model checkpoint")
-        return str(path), True
-    if _looks_like_path(model_id):
-        raise ModelLoadError(f"model folder {model_id!r} does not exist")
-    if _is_cached(model_id, revision, cache_dir):
-        return model_id, not _hub_reachable(timeout=1.0)
-    if not _hub_reachable():
-        raise ModelLoadError(
-            f"cannot load model {model_id!r}: it is not in the local Hugging Face cache and the hub cannot be "
-            f"reached (no network). Pass a local checkpoint folder instead: `--model /path/to/model` on the "
-            f"command line, {MODEL_ENV_VAR}=/path/to/model in the environment, or "
-            f"Guard.from_pretrained('/path/to/model') in Python.",
-            model=model_id,
-        )
-    return model_id, False
-
-
-class _StopOnVerdict:
-    """Stopping criterion: a sequence is done once it has closed its verdict block.
-
-    That is the ``</result>`` closing the first ``<result>`` after the closed reasoning
-    (:func:`grvl_sdk.parsing.verdict_end`); a ``</result>`` quoted inside the reasoning does not stop
-    generation. Cheap per step: only when a token holding ``>`` ends a tail that contains
-    ``</result>`` is the row's whole new text decoded and checked.
-    """
-
-    def __init__(self, tokenizer: Any, trigger_ids: frozenset[int], prompt_width: int) -> None:
-        self.tokenizer = tokenizer
-        self.trigger_ids = trigger_ids
-        self.prompt_width = prompt_width
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        last = input_ids[:, -1].tolist()
-        done = [False] * len(last)
-        for row, token in enumerate(last):
-            if token in self.trigger_ids:
-                start = max(self.prompt_width, input_ids.shape[1] - 16)
-                tail = self.tokenizer.decode(input_ids[row, start:], skip_special_tokens=True)
-                if RESULT_CLOSE in tail.lower():
-                    text = self.tokenizer.decode(input_ids[row, self.prompt_width :], skip_special_tokens=True)
-                    done[row] = verdict_end(text) is not None
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _StopAtDeadline:
-    """Stopping criterion: every sequence is done once the deadline (``time.monotonic()``) has passed."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.fired = False
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        if time.monotonic() >= self.deadline:
-            self.fired = True
-        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
-
-
-class _LabelLogprobs:
-    """Keeps the top-k log-probabilities of the output head's logits at the steps that may start a label.
-
-    A forward hook on the output head sees each step's logits (before any logits processor: with greedy
-    decoding they are the logits the token is chosen from); a stopping criterion that never stops looks
-    at the last tokens and arms the hook for the next step when one of them can precede a label
-    (``trigger_ids``). ``every_step`` keeps all steps (what a server returning logprobs does).
-    """
-
-    def __init__(self, k: int, trigger_ids: frozenset[int], *, every_step: bool = False) -> None:
-        self.k = k
-        self.trigger_ids = trigger_ids
-        self.every_step = every_step
-        self.armed = every_step
-        self.step = 0
-        self.kept: dict[int, tuple[Any, Any]] = {}
-
-    def hook(self, module: Any, inputs: Any, output: Any) -> None:
-        if self.armed:
-            logits = output[:, -1, :].float()
-            values, indices = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
-            self.kept[self.step] = (values - logits.logsumexp(dim=-1, keepdim=True), indices)
-        self.step += 1
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        if not self.every_step:
-            self.armed = not self.trigger_ids.isdisjoint(input_ids[:, -1].tolist())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    def rows(self) -> list[dict[int, tuple[list[float], list[int]]]]:
-        """Per batch row: {step: (log-probabilities, token ids)}, on the CPU."""
-        if not self.kept:
-            return []
-        steps = sorted(self.kept)
-        import torch
-
-        values = torch.stack([self.kept[s][0] for s in steps], 1).cpu().tolist()
-        indices = torch.stack([self.kept[s][1] for s in steps], 1).cpu().tolist()
-        return [
-            {step: (row_values[j], row_indices[j]) for j, step in enumerate(steps)}
-            for row_values, row_indices in zip(values, indices, strict=True)
-        ]
 
 
 class LocalBackend(Backend):

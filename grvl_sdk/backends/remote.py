@@ -30,22 +30,16 @@ sent; a malformed answer is a :class:`RemoteBackendError` of that call.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import json
 import logging
 import math
 import os
-import re
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from PIL import Image
 
 from grvl_sdk._constants import (
     DEFAULT_BACKOFF_BASE,
@@ -62,13 +56,22 @@ from grvl_sdk._constants import (
     DEFAULT_WRITE_TIMEOUT,
     SCORE_TOP_K,
 )
+from grvl_sdk.backends._loops import LoopClients
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
+from grvl_sdk.backends._wire import (
+    MAX_RESPONSE_BYTES,
+    check_encoding,
+    data_url,
+    encode_body,
+    neutralise,
+    parse_answer,
+    retry_after,
+)
 from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import DeadlineExceededError, GuardClosedError, InputError, RemoteBackendError
 from grvl_sdk.images import resize_to_grid
-from grvl_sdk.protocol.parsing import verdict_end
 from grvl_sdk.protocol.prompt import build_messages
-from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
+from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
 __all__ = ["API_KEY_ENV_VAR", "MAX_RESPONSE_BYTES", "RemoteBackend"]
 
@@ -77,76 +80,13 @@ logger = logging.getLogger("grvl_sdk")
 #: Environment variable read for the server's API key when none is given.
 API_KEY_ENV_VAR = "GRVL_API_KEY"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-#: Largest answer body read from the guard server (bytes); a larger one is a ``RemoteBackendError``.
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: The authors' decoding (spec 2.4): the server would otherwise apply the checkpoint's 1.05.
 _DECODING_DEFAULTS: dict[str, Any] = {"repetition_penalty": 1.0}
-_SPECIAL = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
-
-
-def _neutralise(text: str | None) -> str | None:
-    return None if text is None else _SPECIAL.sub("<\u200b|", text)
-
-
-def _data_url(image: Image.Image, image_format: str) -> str:
-    buffer = io.BytesIO()
-    if image_format == "PNG":
-        image.save(buffer, format="PNG", compress_level=1)
-    else:
-        image.save(buffer, format="JPEG", quality=95)
-    return f"data:image/{image_format.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _encode_body(body: Mapping[str, Any]) -> bytes:
-    """The JSON request body as bytes; text UTF-8 cannot carry is the caller's ``InputError``."""
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, TypeError) as exc:
-        raise InputError(f"the guard request cannot be encoded as JSON: {type(exc).__name__}: {exc}") from exc
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise InputError(f"{name} must be an integer >= {low}, got {value!r}", field=name)
-
-
-def _check_encoding(response: httpx.Response) -> None:
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise RemoteBackendError(
-            f"the guard server sent a compressed answer ({encoding!r}) although none was accepted",
-            status_code=response.status_code,
-        )
-
-
-def _choice(choice: Any) -> tuple[str, str | None]:
-    """(text, finish_reason) of one choice; ``TypeError`` when a field has the wrong type."""
-    text = choice["message"].get("content")
-    if text is None:
-        text = ""
-    if not isinstance(text, str):
-        raise TypeError(f"message.content must be a string, got {type(text).__name__}")
-    finish_reason = choice.get("finish_reason")
-    if finish_reason is not None and not isinstance(finish_reason, str):
-        raise TypeError(f"finish_reason must be a string, got {type(finish_reason).__name__}")
-    return text, finish_reason
-
-
-def _count(usage: Mapping[str, Any], name: str) -> int:
-    value = usage.get(name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"usage.{name} must be a non-negative number, got {value!r}")
-    return int(value)
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    try:
-        value = float(headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 class _Retryable(Exception):
@@ -214,8 +154,8 @@ class RemoteBackend(Backend):
             raise InputError(f"headers must be a dict of strings, got {type(headers).__name__}")
         if api_key is not None and not (isinstance(api_key, str) and api_key.isascii()):
             raise InputError("api_key must be an ASCII string")  # never echoed: it is a secret
-        for header, value in (headers or {}).items():
-            if not (isinstance(header, str) and isinstance(value, str) and (header + value).isascii()):
+        for header, header_value in (headers or {}).items():
+            if not (isinstance(header, str) and isinstance(header_value, str) and (header + header_value).isascii()):
                 raise InputError(f"header {header!r} must have an ASCII string name and value")
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
@@ -249,13 +189,9 @@ class RemoteBackend(Backend):
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._max_connections = max_connections
         self._client = httpx.Client(headers=self._headers, limits=self._limits, transport=transport)
-        self._async_transport = async_transport
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
+        self._aclients = LoopClients(
+            lambda: httpx.AsyncClient(headers=self._headers, limits=self._limits, transport=async_transport)
         )
-        # Per loop, a suspended async generator whose ``finally`` closes that loop's client when the
-        # loop shuts down (``loop.shutdown_asyncgens()``, called by ``asyncio.run``).
-        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -276,10 +212,10 @@ class RemoteBackend(Backend):
             image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
             for image in item.images
         ]
-        urls = [_data_url(image, self.image_format) for image in images]
+        urls = [data_url(image, self.image_format) for image in images]
         messages = build_messages(
-            _neutralise(item.text),
-            _neutralise(item.response),
+            neutralise(item.text),
+            neutralise(item.response),
             num_images=len(urls),
             image_part=lambda i: {"type": "image_url", "image_url": {"url": urls[i]}},
         )
@@ -306,65 +242,6 @@ class RemoteBackend(Backend):
             body["repetition_penalty"] = decoding.repetition_penalty
         return body
 
-    @staticmethod
-    def _logprobs(choice: Mapping[str, Any]) -> TokenLogprobs | None:
-        """The choice's per-token log-probabilities; ``None`` (no scores, a warning) when absent or
-        malformed — log-probabilities only feed scores, never the labels."""
-        try:
-            entries = (choice.get("logprobs") or {}).get("content")
-            if not entries:
-                return None
-            tokens = tuple(entry["token"] for entry in entries)
-            if not all(isinstance(token, str) for token in tokens):
-                raise TypeError("a token is not a string")
-        except (AttributeError, KeyError, TypeError) as exc:
-            logger.warning("malformed logprobs from the guard server, no label scores: %s", exc)
-            return None
-
-        def alternatives(step: int) -> dict[str, float]:
-            entry = entries[step]
-            found = {
-                str(alt["token"]): float(alt["logprob"])
-                for alt in entry.get("top_logprobs") or ()
-                if alt.get("logprob") is not None  # some servers write -inf as null
-            }
-            if entry.get("logprob") is not None:
-                found.setdefault(str(entry["token"]), float(entry["logprob"]))
-            return found
-
-        return TokenLogprobs(tokens=tokens, alternatives=alternatives)
-
-    def _generations(self, status: int, content: bytes, latency_ms: float, n: int) -> list[Generation]:
-        """The answer's ``n`` choices as generations, in index order (a malformed answer is a
-        :class:`RemoteBackendError` of this call)."""
-        try:
-            body = json.loads(content)
-            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))[:n]
-            if len(choices) != n:
-                raise ValueError(f"{len(choices)} choices for n={n}")
-            usage = body.get("usage") or {}
-            prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-            parsed = [_choice(choice) for choice in choices]
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:  # JSON and Unicode errors too
-            raise RemoteBackendError(
-                f"malformed chat completion from the guard server: {type(exc).__name__}: {exc}",
-                status_code=status,
-            ) from exc
-        generations = []
-        for choice, (text, finish_reason) in zip(choices, parsed, strict=True):
-            end = verdict_end(text)
-            generations.append(
-                Generation(
-                    text=text if end is None else text[:end],
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens // n,
-                    latency_ms=latency_ms,
-                    finished=finish_reason != "length",
-                    logprobs=self._logprobs(choice),
-                )
-            )
-        return generations
-
     def _timeout(self, deadline: float | None) -> httpx.Timeout:
         """The attempt's timeouts, each capped by the time left before the deadline."""
         if deadline is None:
@@ -387,14 +264,14 @@ class RemoteBackend(Backend):
         self, status: int, content: bytes, headers: httpx.Headers, latency_ms: float, n: int
     ) -> list[Generation]:
         if status == 200:
-            return self._generations(status, content, latency_ms, n)
+            return parse_answer(status, content, latency_ms, n)
         snippet = content[:300].decode("utf-8", "replace")
         hint = ""
         if status == 404 and not self.base_url.rstrip("/").endswith("/v1"):
             hint = f" (is the '/v1' missing from base_url? the server was asked at {self.url})"
         error = RemoteBackendError(f"guard server answered HTTP {status}{hint}: {snippet}", status_code=status)
         if status in _RETRY_STATUS:
-            raise _Retryable(error, _retry_after(headers))
+            raise _Retryable(error, retry_after(headers))
         raise error
 
     def _check_deadline(self, deadline: float | None, received: int) -> None:
@@ -435,7 +312,7 @@ class RemoteBackend(Backend):
         started = time.perf_counter()
         try:
             with self._client.stream("POST", self.url, content=content, timeout=timeout) as response:
-                _check_encoding(response)
+                check_encoding(response)
                 chunks: list[bytes] = []
                 received = 0
                 for chunk in response.iter_bytes():  # identity only: see _check_encoding
@@ -469,7 +346,7 @@ class RemoteBackend(Backend):
     def _bodies(self, inputs: Sequence[GuardInput], max_new_tokens: int, decoding: Decoding) -> list[bytes]:
         if self._closed:
             raise GuardClosedError("the remote backend is closed")
-        return [_encode_body(self.payload(item, max_new_tokens, decoding)) for item in inputs]
+        return [encode_body(self.payload(item, max_new_tokens, decoding)) for item in inputs]
 
     def generate(
         self,
@@ -490,31 +367,6 @@ class RemoteBackend(Backend):
         return [g for generations in results for g in generations]
 
     # -- async -------------------------------------------------------------------------------
-    async def _aclient(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is None:
-            if self._closed:
-                raise GuardClosedError("the remote backend is closed")
-            client = httpx.AsyncClient(headers=self._headers, limits=self._limits, transport=self._async_transport)
-            self._aclients[loop] = client
-            closer = self._close_with_loop(weakref.ref(self), loop)
-            self._closers[loop] = closer
-            await closer.asend(None)  # runs to its ``yield``; the loop now tracks it
-        return client
-
-    @staticmethod
-    async def _close_with_loop(backend_ref: Any, loop: asyncio.AbstractEventLoop) -> Any:
-        try:
-            yield
-        finally:
-            backend = backend_ref()
-            if backend is not None:
-                backend._closers.pop(loop, None)
-                client = backend._aclients.pop(loop, None)
-                if client is not None:
-                    await client.aclose()
-
     async def _asend(
         self, client: httpx.AsyncClient, content: bytes, deadline: float | None, n: int
     ) -> list[Generation]:
@@ -522,7 +374,7 @@ class RemoteBackend(Backend):
         started = time.perf_counter()
         try:
             async with client.stream("POST", self.url, content=content, timeout=timeout) as response:
-                _check_encoding(response)
+                check_encoding(response)
                 chunks: list[bytes] = []
                 received = 0
                 async for chunk in response.aiter_bytes():  # identity only: see _check_encoding
@@ -542,7 +394,7 @@ class RemoteBackend(Backend):
         self.breaker.before_call()
         retry = 0
         try:
-            client = await self._aclient()
+            client = await self._aclients.get()
             while True:
                 try:
                     generation = await self._asend(client, content, deadline, n)
@@ -579,51 +431,16 @@ class RemoteBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the sync client, the worker pool and every event loop's async client (idempotent).
-
-        An async client is closed on its own loop: at once if that loop runs in another thread,
-        scheduled if it is this thread's running loop (prefer :meth:`aclose` there), run to completion
-        if the loop is idle; a closed loop's client is dropped. Afterwards calls raise
+        """Close the sync client, the worker pool and every event loop's async client (idempotent; see
+        :class:`~grvl_sdk.backends._loops.LoopClients`). Afterwards calls raise
         :class:`~grvl_sdk.errors.GuardClosedError`."""
         self._closed = True
         self._client.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        for loop, client in list(self._aclients.items()):
-            self._aclients.pop(loop, None)
-            closer = self._closers.pop(loop, None)
-            _close_on_loop(loop, client, closer)
+        self._aclients.close()
 
     async def aclose(self) -> None:
         """Close the async client of the running event loop, and everything :meth:`close` closes."""
-        loop = asyncio.get_running_loop()
-        client = self._aclients.pop(loop, None)
-        closer = self._closers.pop(loop, None)
-        if client is not None:
-            await client.aclose()
-        if closer is not None:
-            await closer.aclose()
+        await self._aclients.aclose_current()
         self.close()
-
-
-def _close_on_loop(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient, closer: Any) -> None:
-    async def shut() -> None:
-        await client.aclose()
-        if closer is not None:
-            await closer.aclose()
-
-    if loop.is_closed():
-        return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is running:
-        loop.create_task(shut())
-    elif loop.is_running():
-        try:
-            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=5)
-        except Exception:  # the loop stopped meanwhile: nothing more can be done from here
-            logger.debug("could not close an async client on its loop", exc_info=True)
-    else:
-        loop.run_until_complete(shut())

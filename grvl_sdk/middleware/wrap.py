@@ -147,7 +147,7 @@ def _wrap_sync(state: _Wrapped) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         call = state.start(args, kwargs)
         if call.check_request() is not None and call.blocked:
-            return call.refusal()
+            return call.refusal_stream() if kwargs.get("stream") else call.refusal()
         result = state.fn(*args, **kwargs)
         if _is_stream(result):
             return call.stream(result, get_chunk_text=state.get_chunk_text)
@@ -163,7 +163,7 @@ def _wrap_async(state: _Wrapped) -> Callable[..., Any]:
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         call = state.start(args, kwargs)
         if await call.acheck_request() is not None and call.blocked:
-            return call.refusal()
+            return call.arefusal_stream() if kwargs.get("stream") else call.refusal()
         result = await state.fn(*args, **kwargs)
         if _is_astream(result):
             return call.astream(result, get_chunk_text=state.get_chunk_text)
