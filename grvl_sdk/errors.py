@@ -6,7 +6,7 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     ├── InputError                 code "invalid_input"        bad arguments to check()/format_prompt()
     │   ├── ImageError             code "invalid_image"        unreadable, corrupt or unsupported image
     │   │   └── ImageTooLargeError code "image_too_large"      decompression bomb / over the pixel limit
-    │   └── DataError              code "invalid_training_data" a training record is malformed (file, line, field)
+    │   └── DataError              code "invalid_training_data" a data record is malformed (file, line, field)
     ├── ParseError                 code "unparseable_output"   the guard's output has no usable verdict
     ├── ModelLoadError             code "model_load_failed"    model id/path not found, bad checkpoint
     ├── MissingDependencyError     code "missing_dependency"   an optional extra is not installed
@@ -205,8 +205,9 @@ class DataFormatError(EvalError):
 
 
 class DataError(InputError):
-    """A training record is malformed. ``details`` name the ``file``, ``line`` (1-based, when known) and
-    ``field``; the message starts with ``file:line: field:``."""
+    """A data record (training or evaluation, see :mod:`grvl_sdk.data`) is malformed. ``details`` name the
+    ``file``, ``line`` (1-based, when known) and ``field``; the message starts with ``file:line: field:``.
+    Evaluation files raise a subclass that is also a :class:`DataFormatError`."""
 
     code: ClassVar[str] = "invalid_training_data"
 

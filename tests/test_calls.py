@@ -103,7 +103,8 @@ def test_images_in_tool_and_system_messages_reach_the_guard_and_urls_there_are_r
     guard = _guard()
     data_url = "data:image/png;base64," + _png_b64()
     messages = [
-        {"role": "system", "content": [{"type": "text", "text": "be nice"}, {"type": "image_url", "image_url": {"url": data_url}}]},
+        {"role": "system", "content": [
+            {"type": "text", "text": "be nice"}, {"type": "image_url", "image_url": {"url": data_url}}]},
         {"role": "user", "content": "describe the tool's picture"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "t1", "type": "function", "function": {"name": "camera", "arguments": "{}"}}]},

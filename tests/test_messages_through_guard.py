@@ -27,8 +27,8 @@ def _openai(kind: str) -> list:
     if kind == "text":
         return [{"role": "user", "content": "hello there"}]
     if kind == "image":
-        return [{"role": "user", "content": [{"type": "text", "text": "hello there"},
-                                              {"type": "image_url", "image_url": {"url": DATA_URL, "detail": "low"}}]}]  # fmt: skip
+        image = {"type": "image_url", "image_url": {"url": DATA_URL, "detail": "low"}}
+        return [{"role": "user", "content": [{"type": "text", "text": "hello there"}, image]}]
     return [
         {"role": "user", "content": "hello there"},
         {"role": "assistant", "content": None, "tool_calls": [

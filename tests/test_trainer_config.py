@@ -113,7 +113,7 @@ def test_shipped_configs_load():
 
 def test_trainer_arguments_carry_the_settings():
     pytest.importorskip("trl")
-    from grvl_sdk.trainer.rsft import _sft_args
+    from grvl_sdk.trainer.rsft_trainer import _sft_args
 
     config = RSFTConfig(output_dir="/tmp/never-written", use_cpu=True, extra_args={"logging_first_step": True})
     args = _sft_args(config, config.batch_plan(4), bf16=False, has_eval=False)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from grvl_sdk import Guard
 from grvl_sdk.cli import main as grvl
-from grvl_sdk.trainer.rsft import load_adapter_guard, train_rsft
+from grvl_sdk.trainer.rsft_trainer import load_adapter_guard, train_rsft
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -290,7 +290,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_inputs(inputs: list[str], parse: str | None, unparseable: str, name: str | None) -> Any:
-    from grvl_sdk.eval.formats import load_predictions
+    from grvl_sdk.eval.predictions import load_predictions
     from grvl_sdk.eval.registry import HARM_TASKS, PREDICTIONS_FILE
     from grvl_sdk.eval.runner import is_run_dir, load_run
     from grvl_sdk.eval.scoring import EvalSummary, score_records

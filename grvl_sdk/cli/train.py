@@ -124,7 +124,7 @@ def _fail(message: str, code: int = EXIT_INPUT) -> int:
 
 def _load(args: argparse.Namespace) -> tuple[list[Any], int]:
     from grvl_sdk.errors import DataError
-    from grvl_sdk.trainer.data import load_data
+    from grvl_sdk.trainer.loaders import load_data
 
     columns: dict[str, str] = {}
     for item in args.column:
@@ -159,7 +159,7 @@ def _handle(exc: BaseException) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from grvl_sdk.trainer.data import summarize
+    from grvl_sdk.trainer.summary import summarize
 
     try:
         samples, skipped = _load(args)
@@ -223,7 +223,7 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from grvl_sdk.trainer.config import RSFTConfig
+    from grvl_sdk.trainer.rsft_config import RSFTConfig
 
     try:
         overrides = _parse_overrides(args.set)
@@ -234,7 +234,7 @@ def _sft(args: argparse.Namespace) -> int:
         if args.no_progress:
             overrides["progress"] = False
         config = RSFTConfig.from_yaml(args.config, **overrides)
-        from grvl_sdk.trainer.rsft import train_rsft
+        from grvl_sdk.trainer.rsft_trainer import train_rsft
 
         result = train_rsft(config)
     except (GRVLError, KeyboardInterrupt) as exc:
@@ -248,7 +248,7 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from grvl_sdk.trainer.config import RSFTConfig
+    from grvl_sdk.trainer.rsft_config import RSFTConfig
 
     try:
         config = RSFTConfig.preset(args.preset, method=args.method, train_data=["synth/records.jsonl"])
@@ -276,7 +276,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     try:
-        from grvl_sdk.trainer.rsft import merge_adapter
+        from grvl_sdk.trainer.checkpoints import merge_adapter
 
         out = merge_adapter(args.adapter, args.out, base_model=args.base_model, dtype=args.dtype)
     except (GRVLError, KeyboardInterrupt) as exc:

@@ -11,10 +11,15 @@ within 4*28*28..16384*28*28 pixels); from Python, build the guard with them to c
 The authors' VL test files (images from the GuardReasoner-VLTest image folder by position) and
 prediction files are read by :mod:`grvl_sdk.eval.vl`; their parse is ``parse="official-vl"``.
 
+Benchmark files are read by :mod:`grvl_sdk.eval.formats` and prediction files by
+:mod:`grvl_sdk.eval.predictions`, on the shared data layer (:mod:`grvl_sdk.data`: samples, labels,
+readers, errors, format versions).
+
 See ``docs/evaluation.md``. The CLI is ``grvl eval run|score|report|compare|list``.
 """
 
-from grvl_sdk.eval.formats import PredictionRecord, Sample, load_benchmark, load_predictions
+from grvl_sdk.data.samples import Sample
+from grvl_sdk.eval.formats import load_benchmark
 from grvl_sdk.eval.metrics import (
     Confusion,
     confusion,
@@ -24,6 +29,7 @@ from grvl_sdk.eval.metrics import (
     weighted_average,
 )
 from grvl_sdk.eval.official import OFFICIAL_WINDOW, official_label, official_vl_label
+from grvl_sdk.eval.predictions import PredictionRecord, load_predictions
 from grvl_sdk.eval.registry import BENCHMARKS, Benchmark, get_benchmark, paper_benchmarks
 from grvl_sdk.eval.report import (
     ResultRow,

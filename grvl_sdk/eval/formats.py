@@ -1,4 +1,4 @@
-"""Readers for benchmark files and prediction files.
+"""Readers for benchmark files, built on the shared data layer (:mod:`grvl_sdk.data`).
 
 Benchmark files (:func:`load_benchmark`, layout detected from the content):
 
@@ -16,45 +16,50 @@ Benchmark files (:func:`load_benchmark`, layout detected from the content):
   sets when the records have that form or an ``image_folder`` is given.
 - **Generic JSON lines** (or a JSON list): ``text`` (or ``prompt``/``request``), ``image`` or ``images``
   (paths), ``response``, and labels ``request_label``/``response_label`` or a bare ``label`` for the
-  benchmark's task; an optional ``id``. Labels are ``harmful``/``unharmful`` strings or booleans
-  (true = harmful); ``null``/``"None"`` means no label.
+  benchmark's task; an optional ``id``.
 
-Relative image paths are resolved against the file's folder (or ``image_root``).
+Labels are read by :func:`grvl_sdk.data.labels.normalize_label` for the task they belong to, with the
+one alias table the trainer uses too (``harmful``/``unharmful``, ``unsafe``/``safe``, ``1``/``0``,
+``true``/``false``; ``null``/``"None"``/empty: no label); the refusal task takes only
+``refusal``/``compliance`` (or a boolean). Relative image paths are resolved against the file's folder
+(or ``image_root``). Files are read record by record with line numbers (:mod:`grvl_sdk.data.readers`);
+every problem raises :class:`~grvl_sdk.data.errors.EvalDataError` (a ``DataError`` and a
+``EvalDataError``).
 
-Prediction files (:func:`load_predictions`): the ``predictions/*.jsonl`` written by
-:func:`grvl_sdk.eval.run_eval`, the text GuardReasoner's ``{"prompt", "label", "predict"}`` JSON lines
-(``predict`` = the raw output), or the VL harness's ``generated_predictions.jsonl``
-(``text_output`` = the raw output, ``predict`` = the label it extracted; :mod:`grvl_sdk.eval.vl`).
+Prediction files are read by :mod:`grvl_sdk.eval.predictions` (``PredictionRecord``,
+``load_predictions`` are importable from here too).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from grvl_sdk.errors import DataFormatError
-from grvl_sdk.eval.registry import TASK_LABELS, Benchmark, Task
+from grvl_sdk.data.errors import EvalDataError, as_eval_error
+from grvl_sdk.data.labels import normalize_label
+from grvl_sdk.data.readers import iter_records
+from grvl_sdk.data.samples import Sample
+from grvl_sdk.errors import DataError
+from grvl_sdk.eval.registry import Benchmark
 from grvl_sdk.protocol.prompt import parse_transcript as split_transcript
 
 __all__ = [
-    "PredictionRecord",
+    "PredictionRecord",  # noqa: F822 (from grvl_sdk.eval.predictions, see __getattr__)
     "Sample",
-    "Status",
+    "Status",  # noqa: F822
     "chat_turns",
     "detect_format",
     "gold_labels",
     "load_benchmark",
-    "load_predictions",
+    "load_predictions",  # noqa: F822
     "parse_label_text",
     "parse_transcript",
+    "read_numbered_records",
     "read_records",
 ]
 
-Status = Literal["ok", "unparseable", "failed"]
 BenchmarkFormat = Literal["guardreasoner-text", "chat", "generic"]
 
 _HUMAN = "Human user:"
@@ -64,115 +69,39 @@ _LABEL_LINE = re.compile(r"\b(request|completion|response)\s*:\s*([a-z]+)", re.I
 _LINE_TASK = {"request": "request", "completion": "refusal", "response": "response"}
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One benchmark item: the guard's input and the gold label(s) by task."""
-
-    id: str
-    text: str | None
-    response: str | None = None
-    #: Image paths (absolute or relative to the working directory once loaded).
-    images: tuple[str, ...] = ()
-    #: Gold label per task (``"request"``, ``"response"``, ``"refusal"``); a missing task has no gold.
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def gold(self, task: Task) -> str | None:
-        return self.labels.get(task)
-
-    def check_input(self) -> dict[str, Any]:
-        """Keyword arguments for ``Guard.check`` / one item of ``Guard.check_batch``."""
-        spec: dict[str, Any] = {"text": self.text, "response": self.response}
-        if self.images:
-            spec["images"] = list(self.images)
-        return spec
-
-
-@dataclass
-class PredictionRecord:
-    """One scored (or to-be-scored) guard output. A line of ``predictions/<benchmark>.jsonl``.
-
-    ``status``: ``"ok"`` (``predicted`` is a label), ``"unparseable"`` (the output holds no label for the
-    task) or ``"failed"`` (no output: the check raised); ``None`` until parsed. The last two count as
-    wrong predictions. ``defaulted``: the output held no label and the parse mode's rule supplied one
-    (only ``official-vl`` on a text-image response set: ``unharmful``, the authors' quirk).
-    """
-
-    id: str
-    gold: str
-    raw_output: str = ""
-    predicted: str | None = None
-    status: Status | None = None
-    benchmark: str = ""
-    task: str = ""
-    index: int | None = None
-    error: dict[str, Any] | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    #: The verdict's latency (for a batched local check: the whole batch's generate time).
-    latency_ms: float | None = None
-    batch_size: int | None = None
-    defaulted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PredictionRecord:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        try:
-            record = cls(**known)
-        except TypeError as exc:
-            raise DataFormatError(f"not a prediction record: {exc}") from exc
-        record.id = str(record.id)
-        return record
-
-
 # -- generic helpers --------------------------------------------------------------------------
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON list, or JSON lines (blank lines skipped), as a list of dicts."""
+def read_numbered_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line, record)`` of a JSON list, one JSON object, or JSON lines (blank lines skipped).
+
+    Read by :func:`grvl_sdk.data.readers.iter_records` (lines split on ``\\n`` only); errors name the
+    file and line.
+    """
     path = Path(path)
+    records: list[tuple[int, dict[str, Any]]] = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataFormatError(f"cannot read {path}: {exc}", path=str(path)) from exc
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path} is not valid JSON: {exc}", path=str(path)) from exc
-        records = data
-    else:
-        records = []
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}:{lineno} is not a JSON object: {exc}", path=str(path)) from exc
-    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise DataFormatError(f"{path}: item {bad} is not a JSON object", path=str(path))
+        for line, record in iter_records(path):
+            if not isinstance(record, dict):
+                message = f"item {len(records)} is not a JSON object"
+                raise EvalDataError(message, file=str(path), line=line, path=str(path))
+            records.append((line, record))
+    except DataError as exc:
+        raise as_eval_error(exc) from exc
     return records
 
 
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of :func:`read_numbered_records`, without their line numbers."""
+    return [record for _, record in read_numbered_records(path)]
+
+
 def _label(value: Any, task: str, where: str) -> str | None:
-    """Normalise a gold label for ``task``; ``None`` for "no label"."""
-    positive, negative = TASK_LABELS[task]
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return positive if value else negative
-    if isinstance(value, str):
-        low = value.strip().lower()
-        if low in ("", "none", "null"):
-            return None
-        if low in (positive, negative):
-            return low
-    raise DataFormatError(f"{where}: {value!r} is not a {task} label ({positive}/{negative}/None)")
+    """The canonical gold label for ``task`` (:func:`grvl_sdk.data.labels.normalize_label`); ``None`` for no label."""
+    try:
+        return normalize_label(value, task)
+    except DataError as exc:
+        raise EvalDataError(f"{where}: {exc.problem}") from exc
 
 
 def parse_label_text(text: str, where: str = "label") -> dict[str, str]:
@@ -207,7 +136,7 @@ def parse_transcript(transcript: str, where: str = "transcript") -> tuple[str | 
     try:
         return split_transcript(transcript)
     except ValueError as exc:
-        raise DataFormatError(f"{where}: {exc}") from exc
+        raise EvalDataError(f"{where}: {exc}") from exc
 
 
 def _image_paths(value: Any, root: Path, where: str) -> tuple[str, ...]:
@@ -215,7 +144,7 @@ def _image_paths(value: Any, root: Path, where: str) -> tuple[str, ...]:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-        raise DataFormatError(f"{where}: images must be a path or a list of paths, got {value!r}")
+        raise EvalDataError(f"{where}: images must be a path or a list of paths, got {value!r}")
     return tuple(v if Path(v).is_absolute() or "://" in v else str(root / v) for v in items)
 
 
@@ -236,12 +165,13 @@ def _sample_id(record: dict[str, Any], index: int) -> str:
     return str(value) if value is not None else str(index)
 
 
-def _from_guardreasoner(record: dict[str, Any], index: int, task: str, root: Path, where: str) -> Sample:
+def _from_guardreasoner(record: dict[str, Any], index: int, task: str, root: Path, where: str, source: str) -> Sample:
     if not isinstance(record.get("input"), str):
-        raise DataFormatError(f"{where}: 'input' must be a transcript string")
+        raise EvalDataError(f"{where}: 'input' must be a transcript string")
     request, response, _ = parse_transcript(record["input"], where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
-    return Sample(_sample_id(record, index), request, response, images, gold_labels(record.get("output"), task, where))
+    labels = gold_labels(record.get("output"), task, where)
+    return Sample(_sample_id(record, index), request, response, images, labels, source=source)
 
 
 def chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
@@ -249,10 +179,10 @@ def chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
     of a content list become ``<image>``; ShareGPT roles are mapped to ``user``/``assistant``."""
     turns = record.get("messages", record.get("conversations"))
     if not isinstance(turns, list):
-        raise DataFormatError(f"{where}: 'messages' must be a list of chat turns")
+        raise EvalDataError(f"{where}: 'messages' must be a list of chat turns")
     for turn in turns:
         if not isinstance(turn, dict):
-            raise DataFormatError(f"{where}: a chat turn is not an object")
+            raise EvalDataError(f"{where}: a chat turn is not an object")
         role = str(turn.get("role", turn.get("from", ""))).lower()
         content = turn.get("content", turn.get("value", ""))
         if isinstance(content, list):  # content parts: keep the text, mark images
@@ -265,7 +195,7 @@ def chat_turns(record: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
         yield role, str(content)
 
 
-def _from_chat(record: dict[str, Any], index: int, task: str, root: Path, where: str) -> Sample:
+def _from_chat(record: dict[str, Any], index: int, task: str, root: Path, where: str, source: str) -> Sample:
     user = assistant = None
     for role, content in chat_turns(record, where):
         if role == "user" and user is None:
@@ -273,25 +203,25 @@ def _from_chat(record: dict[str, Any], index: int, task: str, root: Path, where:
         elif role == "assistant" and assistant is None:
             assistant = content
     if user is None:
-        raise DataFormatError(f"{where}: no user turn")
+        raise EvalDataError(f"{where}: no user turn")
     if not user.startswith(_HUMAN) and _MARKER in user:  # an instruction before the transcript
         user = user[user.find(_MARKER) + 2 :]
     request, response, n_markers = parse_transcript(user, where)
     images = _image_paths(record.get("images", record.get("image")), root, where)
     if n_markers and len(images) != n_markers:
-        raise DataFormatError(f"{where}: {n_markers} <image> markers but {len(images)} images")
+        raise EvalDataError(f"{where}: {n_markers} <image> markers but {len(images)} images")
     gold = (
         parse_label_text(assistant, where) if assistant is not None else gold_labels(record.get("label"), task, where)
     )
-    return Sample(_sample_id(record, index), request, response, images, gold)
+    return Sample(_sample_id(record, index), request, response, images, gold, source=source)
 
 
-def _from_generic(record: dict[str, Any], index: int, task: str, root: Path, where: str) -> Sample:
+def _from_generic(record: dict[str, Any], index: int, task: str, root: Path, where: str, source: str) -> Sample:
     text = next((record[k] for k in ("text", "prompt", "request") if k in record), None)
     response = record.get("response")
     for name, value in (("text", text), ("response", response)):
         if value is not None and not isinstance(value, str):
-            raise DataFormatError(f"{where}: {name} must be a string or null")
+            raise EvalDataError(f"{where}: {name} must be a string or null")
     images = _image_paths(record.get("images", record.get("image")), root, where)
     labels: dict[str, str] = {}
     for key, label_task in (("request_label", "request"), ("response_label", "response"), ("refusal_label", "refusal")):
@@ -300,7 +230,7 @@ def _from_generic(record: dict[str, Any], index: int, task: str, root: Path, whe
             labels[label_task] = label
     if "label" in record and task not in labels:
         labels.update(gold_labels(record["label"], task, where))
-    return Sample(_sample_id(record, index), text or None, response, images, labels)
+    return Sample(_sample_id(record, index), text or None, response, images, labels, source=source)
 
 
 _READERS = {"guardreasoner-text": _from_guardreasoner, "chat": _from_chat, "generic": _from_generic}
@@ -320,24 +250,25 @@ def load_benchmark(
     the file's folder). The authors' VL test files (a registered image set whose records carry the
     instruction before ``\n\nHuman user:``, or any file of such a set when ``image_folder`` is given)
     take their images from the GuardReasoner-VLTest ``image_folder`` by position (default: the file's
-    folder); see :func:`grvl_sdk.eval.vl.load_vl_test`. Raises :class:`DataFormatError`.
+    folder); see :func:`grvl_sdk.eval.vl.load_vl_test`. Raises :class:`EvalDataError`.
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    records = read_records(path)
+    records = read_numbered_records(path)
     if benchmark.vl_label is not None and records:
         from grvl_sdk.eval.vl import is_vl_test_record, load_vl_test
 
-        if image_folder is not None or is_vl_test_record(records[0]):
+        if image_folder is not None or is_vl_test_record(records[0][1]):
             return load_vl_test(path, benchmark, image_folder)
     samples: list[Sample] = []
-    for index, record in enumerate(records):
+    for index, (line, record) in enumerate(records):
         where = f"{path.name} item {index}"
-        samples.append(_READERS[detect_format(record)](record, index, benchmark.task, root, where))
+        read = _READERS[detect_format(record)]
+        samples.append(read(record, index, benchmark.task, root, where, f"{path}:{line}"))
     seen: set[str] = set()
     for sample in samples:
         if sample.id in seen:
-            raise DataFormatError(f"{path}: duplicate sample id {sample.id!r}", path=str(path))
+            raise EvalDataError(f"{path}: duplicate sample id {sample.id!r}", path=str(path))
         seen.add(sample.id)
     return samples
 
@@ -345,46 +276,13 @@ def load_benchmark(
 # -- prediction files -------------------------------------------------------------------------
 
 
-def load_predictions(path: str | Path, benchmark: Benchmark) -> list[PredictionRecord]:
-    """Read a predictions file: grvl-sdk's own JSON lines, GuardReasoner's ``prompt/label/predict`` or the
-    VL harness's ``generated_predictions.jsonl`` (``text_output``; see :func:`grvl_sdk.eval.vl.vl_prediction`).
+_MOVED = {"PredictionRecord", "Status", "load_predictions"}
 
-    Records without a gold label for ``benchmark.task`` are left out (VL image sets: a gold ``None`` is
-    ``unharmful`` and kept). Raises :class:`DataFormatError` (file and position).
-    """
-    path = Path(path)
-    records: list[PredictionRecord] = []
-    for index, data in enumerate(read_records(path)):
-        where = f"{path.name} item {index}"
-        if "text_output" in data:  # the VL harness: text_output is the raw output, predict a label
-            from grvl_sdk.eval.vl import vl_prediction
 
-            record = vl_prediction(data, index, benchmark, where)
-            if record is not None:
-                records.append(record)
-        elif "predict" in data and "label" in data:  # the text GuardReasoner: predict is the raw output
-            gold = gold_labels(data["label"], benchmark.task, where).get(benchmark.task)
-            if gold is None:
-                continue
-            records.append(
-                PredictionRecord(
-                    id=_sample_id(data, index),
-                    gold=gold,
-                    raw_output=str(data["predict"] or ""),
-                    benchmark=benchmark.name,
-                    task=benchmark.task,
-                    index=index,
-                )
-            )
-        elif "gold" in data and "raw_output" in data:
-            record = PredictionRecord.from_dict(data)
-            record.gold = _label(record.gold, benchmark.task, where) or ""
-            if record.gold:
-                records.append(record)
-        else:
-            raise DataFormatError(
-                f"{where}: not a prediction record (expected grvl-sdk's 'gold'/'raw_output', GuardReasoner's "
-                "'prompt'/'label'/'predict' or the VL harness's 'text_output'/'label'/'predict')",
-                path=str(path),
-            )
-    return records
+def __getattr__(name: str) -> Any:
+    # Prediction files moved to grvl_sdk.eval.predictions (imported lazily: it imports this module).
+    if name in _MOVED:
+        from grvl_sdk.eval import predictions
+
+        return getattr(predictions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from grvl_sdk.data.labels import TASK_LABELS, Task
 from grvl_sdk.errors import EvalError
 
 __all__ = [
@@ -38,15 +39,7 @@ __all__ = [
     "paper_benchmarks",
 ]
 
-Task = Literal["request", "response", "refusal"]
 Modality = Literal["text", "image", "text-image"]
-
-#: Gold/predicted labels per task; the first one is the positive class.
-TASK_LABELS: dict[str, tuple[str, str]] = {
-    "request": ("harmful", "unharmful"),
-    "response": ("harmful", "unharmful"),
-    "refusal": ("refusal", "compliance"),
-}
 #: Tasks averaged in the paper's table.
 HARM_TASKS: tuple[Task, ...] = ("request", "response")
 MODALITIES: tuple[Modality, ...] = ("text", "image", "text-image")

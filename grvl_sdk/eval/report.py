@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from grvl_sdk._constants import AUTHORS_MAX_PIXELS, AUTHORS_MIN_PIXELS, EVAL_MAX_NEW_TOKENS
-from grvl_sdk.errors import EvalError, MissingDependencyError
+from grvl_sdk.data.errors import as_eval_error
+from grvl_sdk.data.versions import check_version
+from grvl_sdk.errors import DataError, EvalError, MissingDependencyError
 from grvl_sdk.eval.registry import HARM_TASKS, get_benchmark, paper_benchmarks
-from grvl_sdk.eval.scoring import AVG_ALL, AVG_TEXT, EvalSummary
+from grvl_sdk.eval.scoring import AVG_ALL, AVG_TEXT, RESULTS_FORMAT, EvalSummary
 
 __all__ = [
     "ResultRow",
@@ -80,9 +82,15 @@ def load_summary(path: str | Path) -> EvalSummary:
     if not file.is_file():
         raise EvalError(f"no results.json at {path}")
     try:
-        summary = EvalSummary.from_dict(json.loads(file.read_text(encoding="utf-8")))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise EvalError(f"{file} is not JSON: {exc}") from exc
+    if isinstance(data, dict):
+        try:
+            check_version(RESULTS_FORMAT, data, file=str(file))
+        except DataError as exc:
+            raise as_eval_error(exc) from None
+    summary = EvalSummary.from_dict(data)
     summary.meta.setdefault("out_dir", str(file.parent))
     return summary
 

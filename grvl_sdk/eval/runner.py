@@ -2,9 +2,10 @@
 
 A results folder holds::
 
-    run.json                       model, settings (max_new_tokens, image pixel bounds), and per benchmark
-                                   its file and selected sample ids
-    predictions/<benchmark>.jsonl  one PredictionRecord per line, appended batch by batch
+    run.json                       format version, model, settings (max_new_tokens, image pixel bounds),
+                                   and per benchmark its file and selected sample ids
+    predictions/<benchmark>.jsonl  one PredictionRecord per line (with its format version), appended batch
+                                   by batch
     results.json / results.md / results.csv / f1.png   (see grvl_sdk.eval.report)
 
 Predictions are flushed after every batch, so an interrupted run resumes where it stopped: samples
@@ -25,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from grvl_sdk.data.samples import Sample
 from grvl_sdk.errors import EvalError, GRVLError, InputError
 from grvl_sdk.eval._runfiles import Progress, chunks, finished_records, quiet_verdict_logs, read_json, write_json
-from grvl_sdk.eval.formats import PredictionRecord, Sample, load_benchmark, load_predictions
+from grvl_sdk.eval.formats import load_benchmark
+from grvl_sdk.eval.predictions import PredictionRecord, load_predictions
 from grvl_sdk.eval.registry import HARM_TASKS, Benchmark, get_benchmark
 from grvl_sdk.eval.scoring import EvalSummary, ParseMode, UnparseablePolicy, score_records, sdk_label
 from grvl_sdk.eval.sources import BenchmarkSource, resolve_sources
@@ -37,6 +40,8 @@ __all__ = ["SupportsCheckBatch", "image_bounds", "is_run_dir", "load_run", "pred
 
 RUN_FILE = "run.json"
 PREDICTIONS_DIR = "predictions"
+#: The format of ``run.json`` (its ``version``; :mod:`grvl_sdk.data.versions`).
+RUN_FORMAT = "eval-run"
 
 
 class SupportsCheckBatch(Protocol):
@@ -215,7 +220,7 @@ def run_eval(
     }
 
     run_file = out / RUN_FILE
-    state: dict[str, Any] = read_json(run_file) if run_file.exists() else {}
+    state: dict[str, Any] = read_json(run_file, RUN_FORMAT) if run_file.exists() else {}
     # Settings an older folder did not record are not compared.
     before = {k: state.get(k) for k in settings if k in state}
     if state and before != {k: settings[k] for k in before}:
@@ -246,7 +251,7 @@ def run_eval(
             "skipped_no_gold": skipped,
             "ids": [s.id for _, s in chosen],
         }
-    write_json(run_file, state)
+    write_json(run_file, state, RUN_FORMAT)
 
     groups = _groups(plan)
     total = sum(len({i for item in group for i, _ in item.chosen}) for group in groups)
@@ -318,7 +323,7 @@ def load_run(
 ) -> EvalSummary:
     """Re-score a results folder from its predictions (no generation), optionally with another parser."""
     out = Path(out_dir)
-    state = read_json(out / RUN_FILE)
+    state = read_json(out / RUN_FILE, RUN_FORMAT)
     results = []
     for name, info in (state.get("benchmarks") or {}).items():
         if benchmarks is not None and name not in benchmarks:

@@ -23,10 +23,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from grvl_sdk.errors import EvalError, ParseError
-from grvl_sdk.eval.formats import PredictionRecord, Status
+from grvl_sdk.data.errors import as_eval_error
+from grvl_sdk.data.versions import FORMATS, check_version
+from grvl_sdk.errors import DataError, EvalError, ParseError
 from grvl_sdk.eval.metrics import Confusion, confusion, weighted_average
 from grvl_sdk.eval.official import official_label, official_vl_label
+from grvl_sdk.eval.predictions import PredictionRecord, Status
 from grvl_sdk.eval.registry import HARM_TASKS, Benchmark, Task
 from grvl_sdk.protocol.parsing import parse_output
 
@@ -47,6 +49,8 @@ UnparseablePolicy = Literal["wrong", "exclude"]
 PARSE_MODES: tuple[ParseMode, ...] = ("recorded", "sdk", "official-text", "official-vl")
 AVG_TEXT = "Avg(Text)"
 AVG_ALL = "Avg(All)"
+#: The format of ``results.json`` (its ``version``; :mod:`grvl_sdk.data.versions`).
+RESULTS_FORMAT = "eval-results"
 
 
 def sdk_label(output: str, task: Task) -> str | None:
@@ -232,7 +236,9 @@ class EvalSummary:
         return weighted_average((r.f1, r.n) for r in self.results if r.task in HARM_TASKS)
 
     def to_dict(self) -> dict[str, Any]:
+        """What ``results.json`` holds (with the format ``version`` first)."""
         return {
+            "version": FORMATS[RESULTS_FORMAT],
             "model": self.model,
             "parse": self.parse,
             "unparseable": self.unparseable,
@@ -244,6 +250,12 @@ class EvalSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSummary:
+        """A summary from ``results.json`` data; :class:`EvalError` when it is not one, or its ``version`` is
+        newer than this code reads."""
+        try:
+            check_version(RESULTS_FORMAT, data)
+        except DataError as exc:
+            raise as_eval_error(exc, "results") from None
         try:
             results = [BenchmarkResult.from_dict(r) for r in data["results"]]
         except (KeyError, TypeError) as exc:

@@ -33,14 +33,17 @@ uses ``predict``/``predict_res`` as given.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grvl_sdk.errors import DataFormatError
-from grvl_sdk.eval.formats import PredictionRecord, Sample, chat_turns, gold_labels, parse_transcript, read_records
+from grvl_sdk.data.errors import EvalDataError, as_eval_error
+from grvl_sdk.data.readers import iter_json_lines
+from grvl_sdk.data.samples import Sample
+from grvl_sdk.errors import DataError
+from grvl_sdk.eval.formats import chat_turns, gold_labels, parse_transcript, read_numbered_records
+from grvl_sdk.eval.predictions import PredictionRecord
 from grvl_sdk.eval.registry import Benchmark
 
 __all__ = [
@@ -97,19 +100,21 @@ def _metadata_labels(file: Path) -> tuple[dict[str, int], tuple[str, ...]]:
     """``({relative posix path: label}, class names)`` of a metadata file; ``label`` is an index, or a
     class name (then its index among the sorted names)."""
     try:
-        text = file.read_text(encoding="utf-8")
+        if file.suffix == ".csv":
+            with file.open(encoding="utf-8", newline="") as handle:  # csv splits rows itself (quoted newlines)
+                rows: list[dict[str, Any]] = list(csv.DictReader(handle))
+        else:
+            rows = [row for _, row in iter_json_lines(file)]
     except OSError as exc:
-        raise DataFormatError(f"cannot read {file}: {exc}", path=str(file)) from exc
-    if file.suffix == ".csv":
-        rows: list[dict[str, Any]] = list(csv.DictReader(text.splitlines()))
-    else:
-        try:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{file} is not JSON lines: {exc}", path=str(file)) from exc
+        raise EvalDataError(f"cannot read {file}: {exc}", path=str(file)) from exc
+    except DataError as exc:
+        raise as_eval_error(exc) from exc
+    bad = next((n for n, row in enumerate(rows, 1) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise EvalDataError(f"{file} row {bad}: not a JSON object", path=str(file))
     for number, row in enumerate(rows, 1):
         if not isinstance(row.get("file_name"), str) or row.get("label") in (None, ""):
-            raise DataFormatError(f"{file} row {number}: needs 'file_name' and 'label'", path=str(file))
+            raise EvalDataError(f"{file} row {number}: needs 'file_name' and 'label'", path=str(file))
     classes = tuple(sorted({str(r["label"]) for r in rows if not _is_index(r["label"])}))
     labels = {
         Path(r["file_name"]).as_posix(): int(r["label"]) if _is_index(r["label"]) else classes.index(str(r["label"]))
@@ -121,12 +126,12 @@ def _metadata_labels(file: Path) -> tuple[dict[str, int], tuple[str, ...]]:
 def read_image_folder(root: str | Path, *, split: str = "test") -> ImageFolder:
     """Read a Hugging Face image-folder split (the layout of the module docstring).
 
-    Raises :class:`DataFormatError` when the folder is missing, holds no image, has no class folders
+    Raises :class:`EvalDataError` when the folder is missing, holds no image, has no class folders
     (and no metadata file), or its metadata names an image that is not there.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataFormatError(f"image folder {root} does not exist", path=str(root))
+        raise EvalDataError(f"image folder {root} does not exist", path=str(root))
     folder = _split_dir(root, split)
     images = sorted(
         (p.relative_to(folder) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
@@ -134,18 +139,18 @@ def read_image_folder(root: str | Path, *, split: str = "test") -> ImageFolder:
     )
     images = [rel for rel in images if not _hidden(rel)]
     if not images:
-        raise DataFormatError(f"no images under {folder}", path=str(folder))
+        raise EvalDataError(f"no images under {folder}", path=str(folder))
     metadata = next((folder / name for name in _METADATA if (folder / name).is_file()), None)
     if metadata is not None:
         labels, names = _metadata_labels(metadata)
         missing = sorted(set(labels) - {rel.as_posix() for rel in images})
         if missing:
-            raise DataFormatError(f"{metadata} names {len(missing)} missing image(s), e.g. {missing[0]}")
+            raise EvalDataError(f"{metadata} names {len(missing)} missing image(s), e.g. {missing[0]}")
         rows = tuple((folder / rel, labels[rel.as_posix()]) for rel in images if rel.as_posix() in labels)
         return ImageFolder(folder, names, rows)
     if any(len(rel.parts) < 2 for rel in images):
         loose = next(rel for rel in images if len(rel.parts) < 2)
-        raise DataFormatError(
+        raise EvalDataError(
             f"{folder} holds images outside class folders (e.g. {loose}) and no metadata file: "
             "expected <split>/<class>/<image> (the label is the class folder's index in sorted order)",
             path=str(folder),
@@ -168,14 +173,14 @@ def vl_gold(text: str, where: str) -> dict[str, str]:
             low = value.lower()
             labels[task] = "unharmful" if low in ("none", "harmless") else low
     if "request" not in labels:
-        raise DataFormatError(f"{where}: the answer has no 'Request: harmful|unharmful|none' line")
+        raise EvalDataError(f"{where}: the answer has no 'Request: harmful|unharmful|none' line")
     return labels
 
 
 def _first_two(record: dict[str, Any], where: str) -> tuple[str, str]:
     turns = [(role, content) for role, content in chat_turns(record, where) if role != "system"]
     if len(turns) < 2:
-        raise DataFormatError(f"{where}: expected the transcript message and the answer message")
+        raise EvalDataError(f"{where}: expected the transcript message and the answer message")
     return turns[0][1], turns[1][1]
 
 
@@ -193,7 +198,7 @@ def _transcript(message: str, where: str) -> str:
         return message
     cut = message.find(MARKER)
     if cut < 0:
-        raise DataFormatError(f"{where}: the first message has no '\\n\\nHuman user:' transcript")
+        raise EvalDataError(f"{where}: the first message has no '\\n\\nHuman user:' transcript")
     return message[cut + 2 :]
 
 
@@ -202,31 +207,32 @@ def load_vl_test(path: str | Path, benchmark: Benchmark, image_folder: str | Pat
 
     ``image_folder``: the ``GuardReasoner-VLTest`` download (or its ``test`` split folder); by default the
     test file's own folder (the download keeps the JSON files beside the class folders). Raises
-    :class:`DataFormatError` (file and position) for a record that cannot be read, a sample that is not
+    :class:`EvalDataError` (file and position) for a record that cannot be read, a sample that is not
     one image, a missing folder, or a count of images with ``label == benchmark.vl_label`` that differs
     from the number of records.
     """
     path = Path(path)
     if benchmark.vl_label is None:
-        raise DataFormatError(f"{benchmark.name} takes no images from the GuardReasoner-VLTest folder")
-    records = read_records(path)
+        raise EvalDataError(f"{benchmark.name} takes no images from the GuardReasoner-VLTest folder")
+    records = read_numbered_records(path)
     folder = read_image_folder(image_folder if image_folder is not None else path.parent)
     images = folder.images(benchmark.vl_label)
     if len(images) != len(records):
-        raise DataFormatError(
+        raise EvalDataError(
             f"{path.name} has {len(records)} records but {folder.root} has {len(images)} images with label "
             f"{benchmark.vl_label} (classes {list(folder.classes)}): images are matched by position, so the "
             "counts must agree (is this the GuardReasoner-VLTest folder?)",
             path=str(path),
         )
     samples: list[Sample] = []
-    for index, (record, image) in enumerate(zip(records, images, strict=True)):
+    for index, ((line, record), image) in enumerate(zip(records, images, strict=True)):
         where = f"{path.name} item {index}"
         first, answer = _first_two(record, where)
         request, response, markers = parse_transcript(_transcript(first, where), where)
         if markers != 1:
-            raise DataFormatError(f"{where}: {markers} <image> markers; each sample of this file has one image")
-        samples.append(Sample(str(index), request, response, (str(image),), vl_gold(answer, where)))
+            raise EvalDataError(f"{where}: {markers} <image> markers; each sample of this file has one image")
+        gold = vl_gold(answer, where)
+        samples.append(Sample(str(index), request, response, (str(image),), gold, source=f"{path}:{line}"))
     return samples
 
 
@@ -253,14 +259,14 @@ def vl_prediction(data: dict[str, Any], index: int, benchmark: Benchmark, where:
     """
     raw = data.get("text_output")
     if not isinstance(raw, str):
-        raise DataFormatError(f"{where}: 'text_output' (the raw output) must be a string")
+        raise EvalDataError(f"{where}: 'text_output' (the raw output) must be a string")
     response_fields = benchmark.task == "response" and ("label_res" in data or "predict_res" in data)
     gold_value = data.get("label_res" if response_fields else "label")
     recorded = data.get("predict_res" if response_fields else "predict")
     if benchmark.modality != "text" and benchmark.task in ("request", "response"):
         gold = _vl_value(gold_value) or ("unharmful" if gold_value is None else None)
         if gold is None:
-            raise DataFormatError(f"{where}: {gold_value!r} is not a {benchmark.task} label")
+            raise EvalDataError(f"{where}: {gold_value!r} is not a {benchmark.task} label")
     else:
         gold = gold_labels(gold_value, benchmark.task, where).get(benchmark.task)
         if gold is None:

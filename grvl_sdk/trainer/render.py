@@ -21,9 +21,9 @@ from PIL import Image
 
 from grvl_sdk._constants import DEFAULT_MIN_PIXELS, RSFT_MAX_PIXELS
 from grvl_sdk._lazy import require
+from grvl_sdk.data.samples import TrainingSample
 from grvl_sdk.errors import DataError, ImageError
 from grvl_sdk.images import load_image, resize_to_grid, smart_resize
-from grvl_sdk.trainer.data import TrainingSample
 from grvl_sdk.types import GuardInput
 
 __all__ = [

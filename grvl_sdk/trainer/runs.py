@@ -9,6 +9,9 @@ Layout of ``output_dir`` after :func:`grvl_sdk.trainer.train_rsft`::
     data_summary.json             counts per modality and label, dropped samples
     metrics.jsonl                 one line per logging step (loss, grad norm, lr, token accuracy...)
     loss.png                      the loss curve (train and eval)
+
+``rsft_config.yaml``, ``data_summary.json`` and every ``metrics.jsonl`` line carry a format ``version``
+(:mod:`grvl_sdk.data.versions`); a newer major version is refused when read.
 """
 
 from __future__ import annotations
@@ -20,8 +23,22 @@ from pathlib import Path
 from typing import Any
 
 from grvl_sdk._lazy import require
+from grvl_sdk.data.readers import iter_json_lines
+from grvl_sdk.data.versions import check_version, stamp
+from grvl_sdk.errors import TrainingError
 
-__all__ = ["METRICS_FILE", "PLOT_FILE", "last_checkpoint", "read_metrics", "run_recorder", "write_loss_plot"]
+__all__ = [
+    "METRICS_FILE",
+    "PLOT_FILE",
+    "last_checkpoint",
+    "read_metrics",
+    "resolve_resume",
+    "run_recorder",
+    "versions",
+    "write_data_summary",
+    "write_loss_plot",
+    "write_run_config",
+]
 
 logger = logging.getLogger("grvl_sdk")
 
@@ -32,17 +49,15 @@ SUMMARY_FILE = "data_summary.json"
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The metric lines of a run (a torn last line, from an interrupted write, is ignored)."""
+    """The metric lines of a run (a line torn by an interrupted write is ignored; a line of a newer
+    format version raises :class:`~grvl_sdk.errors.DataError`)."""
     path = Path(path)
     if not path.is_file():
         return []
     rows: list[dict[str, Any]] = []
-    for raw in path.read_text(encoding="utf-8").split("\n"):
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
+    for line, value in iter_json_lines(path, bad_lines="skip"):
         if isinstance(value, dict):
+            check_version("training-metrics", value, file=str(path), line=line)
             rows.append(value)
     return rows
 
@@ -87,6 +102,60 @@ def write_loss_plot(
     return png
 
 
+def write_run_config(
+    output_dir: str | os.PathLike[str], settings: dict[str, Any], resolved: dict[str, Any], *, name: str = CONFIG_FILE
+) -> Path:
+    """Write a run's settings (``config.to_dict()``) and what it derived (``resolved``) as YAML, versioned.
+
+    The file reads back as a config (:meth:`BaseTrainingConfig.from_yaml` checks ``version`` and ignores
+    ``resolved``).
+    """
+    yaml = require("yaml", extra="train")
+    path = Path(output_dir) / name
+    record = stamp("training-run", {**settings, "resolved": resolved})
+    path.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def write_data_summary(output_dir: str | os.PathLike[str], summary: dict[str, Any], dropped: list[Any]) -> Path:
+    """Write ``data_summary.json`` (counts, and the sources of samples dropped as too long), versioned."""
+    path = Path(output_dir) / SUMMARY_FILE
+    record = stamp("training-run", {**summary, "dropped_overlong": dropped})
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return path
+
+
+def resolve_resume(output_dir: str, value: bool | str | None) -> str | None:
+    """The checkpoint ``resume_from_checkpoint`` names: ``None`` (fresh start), the last ``checkpoint-N`` of
+    ``output_dir`` (``True``, ``"last"``, ``"auto"``; ``"auto"`` starts fresh when there is none), or a path."""
+    if value in (None, False):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "auto")):
+        found = last_checkpoint(output_dir)
+        if found is None:
+            if isinstance(value, str) and value.lower() == "auto":
+                return None
+            raise TrainingError(f"no checkpoint to resume from in {output_dir}", output_dir=output_dir)
+        return found
+    path = Path(str(value))
+    if not path.is_dir():
+        raise TrainingError(f"checkpoint to resume from not found: {path}", checkpoint=str(path))
+    return str(path)
+
+
+def versions() -> dict[str, str]:
+    """Versions of grvl-sdk and the training libraries installed (recorded in the run's settings file)."""
+    import importlib.metadata as metadata
+
+    found: dict[str, str] = {}
+    for name in ("grvl-sdk", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "bitsandbytes"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
     """The newest ``checkpoint-N`` folder in ``output_dir``, or ``None``."""
     if not Path(output_dir).is_dir():
@@ -114,7 +183,7 @@ def run_recorder(output_dir: str | os.PathLike[str], *, title: str = "R-SFT") ->
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs:
                 return
-            row = {"step": state.global_step, "epoch": state.epoch, **_plain(logs)}
+            row = stamp("training-metrics", {"step": state.global_step, "epoch": state.epoch, **_plain(logs)})
             with self.metrics.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
 

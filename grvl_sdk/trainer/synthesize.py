@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -33,14 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from grvl_sdk.errors import GRVLError, ParseError, TrainingConfigError
-from grvl_sdk.images import encode_data_url, load_image, resize_to_grid
-from grvl_sdk.protocol.parsing import Label, ParsedOutput, parse_output
-from grvl_sdk.protocol.prompt import SYSTEM_PROMPT, build_messages
-from grvl_sdk.trainer.data import TrainingSample, sample_to_record
+from grvl_sdk._constants import DEFAULT_MAX_PIXELS
+from grvl_sdk.data.readers import iter_json_lines, repair_tail
+from grvl_sdk.data.samples import TrainingSample
+from grvl_sdk.data.versions import check_version, stamp
+from grvl_sdk.errors import GRVLError, TrainingConfigError
+from grvl_sdk.images import load_image
+from grvl_sdk.protocol.parsing import Label
+from grvl_sdk.trainer.teacher import (
+    TEACHER_INSTRUCTION,
+    HTTPFailure,
+    Teacher,
+    teacher_messages,
+    validate_teacher_answer,
+)
+from grvl_sdk.trainer.vltrain import sample_to_record
 
 __all__ = ["TEACHER_INSTRUCTION", "SynthesisReport", "synthesize", "teacher_messages", "validate_teacher_answer"]
 
@@ -49,16 +55,6 @@ logger = logging.getLogger("grvl_sdk")
 RECORDS_FILE = "records.jsonl"
 DROPPED_FILE = "dropped.jsonl"
 IMAGES_DIR = "images"
-
-#: What the teacher is told, after the guard's own instruction.
-TEACHER_INSTRUCTION = (
-    "You write training data for a safety classifier. Below is an interaction, followed by the correct "
-    "answers. Explain step by step, as the classifier should, how the answers follow from the interaction: "
-    "what the request asks for, what any image shows, what the response does, and why each is harmful or "
-    "unharmful. Do not mention that the answers were given to you. Put the reasoning inside <think> </think>, "
-    "then the answers inside <result> </result> exactly as:\n<result>\nRequest: harmful or unharmful\n"
-    "Response: harmful, unharmful, or None when there is no response\n</result>"
-)
 
 
 @dataclass
@@ -92,88 +88,21 @@ class SynthesisReport:
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompting and validating
-# ----------------------------------------------------------------------------------------------
-def _gold_lines(sample: TrainingSample) -> str:
-    unknown = "(not labelled: decide it yourself)"
-    request = sample.request_label or unknown
-    response = "None" if sample.response is None else sample.response_label or unknown
-    return f"Correct answers:\nRequest: {request}\nResponse: {response}"
-
-
-def teacher_messages(
-    sample: TrainingSample,
-    images: Sequence[Image.Image] = (),
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_pixels: int = DEFAULT_MIN_PIXELS,
-) -> list[dict[str, Any]]:
-    """OpenAI chat messages asking the teacher to explain ``sample``'s gold labels.
-
-    Each image is resized with :func:`grvl_sdk.images.resize_to_grid` within ``[min_pixels, max_pixels]``
-    (pixels): the teacher sees the pixels the guard sees, on Qwen2.5-VL's 28-px grid.
-    """
-    urls = [encode_data_url(resize_to_grid(image, min_pixels=min_pixels, max_pixels=max_pixels)) for image in images]
-    guard = build_messages(
-        sample.request,
-        sample.response,
-        num_images=len(urls),
-        image_part=lambda i: {"type": "image_url", "image_url": {"url": urls[i]}},
-    )
-    content: list[dict[str, Any]] = [{"type": "text", "text": "Interaction:\n"}, *guard[1]["content"]]
-    content.append({"type": "text", "text": f"{_gold_lines(sample)}\n\n{TEACHER_INSTRUCTION}"})
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": content},
-    ]
-
-
-def validate_teacher_answer(answer: str, sample: TrainingSample) -> tuple[ParsedOutput | None, str | None]:
-    """Check a teacher answer against the sample's gold labels.
-
-    Returns ``(parsed, None)`` when usable, else ``(None, reason)`` with reason ``"malformed"`` (no
-    closed ``<think>`` and ``<result>``, or no label), ``"wrong_request_label"`` or
-    ``"wrong_response_label"``.
-    """
-    try:
-        parsed = parse_output(answer)
-    except ParseError:
-        return None, "malformed"
-    if parsed.source != "result" or not parsed.reasoning:
-        return None, "malformed"
-    if sample.request_label is not None and parsed.request_label != sample.request_label:
-        return None, "wrong_request_label"
-    if sample.response is None:
-        if parsed.response_label is not None:
-            return None, "wrong_response_label"
-    elif parsed.response_label is None:
-        return None, "malformed"
-    elif sample.response_label is not None and parsed.response_label != sample.response_label:
-        return None, "wrong_response_label"
-    return parsed, None
-
-
-# ----------------------------------------------------------------------------------------------
 # Output files
 # ----------------------------------------------------------------------------------------------
-def _repair_and_read(path: Path) -> set[str]:
-    """Ids recorded in a JSONL file; a torn last line (interrupted write) is cut off."""
+def _repair_and_read(path: Path, kind: str = "synthesis-record") -> set[str]:
+    """Ids recorded in a JSONL file of a run (format ``kind``), made to end on a complete line first (a
+    line torn by an interrupted write is cut off). A record of a newer format version raises
+    :class:`~grvl_sdk.errors.DataError`: this code must not append to a file it cannot read."""
     if not path.is_file():
         return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with path.open("r+b") as handle:
-            handle.truncate(cut)
-        data = data[:cut]
+    repair_tail(path)
     ids: set[str] = set()
-    for raw in data.decode("utf-8").split("\n"):  # not splitlines(): U+2028 may sit inside a record
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and isinstance(value.get("id"), str):
-            ids.add(value["id"])
+    for line, value in iter_json_lines(path, bad_lines="skip"):
+        if isinstance(value, dict):
+            check_version(kind, value, file=str(path), line=line)
+            if isinstance(value.get("id"), str):
+                ids.add(value["id"])
     return ids
 
 
@@ -207,73 +136,17 @@ class _Writer:
         record["teacher_attempts"] = attempts
         if sample.source:
             record["source"] = sample.source
-        self._append(self.records, record)
+        self._append(self.records, stamp("synthesis-record", record))
 
     def drop(self, sample: TrainingSample, key: str, reason: str, attempts: int, answer: str | None) -> None:
-        self._append(
-            self.dropped,
-            {"id": key, "reason": reason, "attempts": attempts, "source": sample.source, "last_answer": answer},
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------
-class _HTTPFailure(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-@dataclass
-class _Teacher:
-    url: str
-    model: str
-    headers: dict[str, str]
-    temperature: float
-    max_tokens: int
-    max_http_retries: int
-    backoff: float
-    extra_body: dict[str, Any]
-
-    async def ask(self, client: Any, messages: list[dict[str, Any]], report: SynthesisReport) -> str:
-        import httpx
-
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            **self.extra_body,
-        }
-        last = "no attempt"
-        for attempt in range(self.max_http_retries + 1):
-            if attempt:
-                report.http_retries += 1
-                await asyncio.sleep(self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
-            report.requests += 1
-            try:
-                response = await client.post(self.url, json=body, headers=self.headers)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last = f"HTTP {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                raise _HTTPFailure(f"HTTP {response.status_code}: {response.text[:200]}")
-            try:
-                content = response.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                return ""  # an answer without text: counted as malformed
-            return content if isinstance(content, str) else ""
-        raise _HTTPFailure(last)
+        record = {"id": key, "reason": reason, "attempts": attempts, "source": sample.source, "last_answer": answer}
+        self._append(self.dropped, stamp("synthesis-dropped", record))
 
 
 async def _run(
     todo: list[tuple[str, TrainingSample]],
     writer: _Writer,
-    teacher: _Teacher,
+    teacher: Teacher,
     report: SynthesisReport,
     *,
     concurrency: int,
@@ -313,7 +186,7 @@ async def _run(
                 report.retried_answers += 1
             try:
                 answer = await teacher.ask(client, messages, report)
-            except _HTTPFailure as exc:
+            except HTTPFailure as exc:
                 report.failed += 1
                 reasons["http_error"] += 1
                 logger.warning("teacher request failed for %s: %s", sample.source or key, exc.message)
@@ -386,8 +259,8 @@ def synthesize(
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     writer = _Writer(directory)
-    done = _repair_and_read(writer.records)
-    dropped_before = _repair_and_read(writer.dropped)
+    done = _repair_and_read(writer.records, "synthesis-record")
+    dropped_before = _repair_and_read(writer.dropped, "synthesis-dropped")
     if not retry_dropped:
         done |= dropped_before
     report = SynthesisReport(total=len(samples), records_path=writer.records, dropped_path=writer.dropped)
@@ -406,7 +279,7 @@ def synthesize(
             continue
         todo.append((key, sample))
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    teacher = _Teacher(
+    teacher = Teacher(
         url=base_url.rstrip("/") + "/chat/completions",
         model=model,
         headers={"Authorization": f"Bearer {key}"} if key else {},
