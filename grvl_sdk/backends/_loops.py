@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
@@ -71,7 +71,9 @@ class LoopClients:
                 _close_on_loop(loop, client, closer)
 
 
-async def _close_with_loop(owner: weakref.ref[LoopClients], loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+async def _close_with_loop(
+    owner: weakref.ref[LoopClients], loop: asyncio.AbstractEventLoop
+) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:

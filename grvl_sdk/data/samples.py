@@ -135,7 +135,7 @@ class Sample:
 
     def gold(self, task: Task | str) -> str | None:
         """The gold label for ``task``, or ``None``."""
-        return self.labels.get(task)  # type: ignore[call-overload]
+        return self.labels.get(task)  # type: ignore[call-overload,arg-type]
 
     @property
     def modality(self) -> Modality:
@@ -245,10 +245,10 @@ class TrainingSample(Sample):
             completion=sample.completion,
             source=sample.source,
             id=sample.id,
-            labels=labels,
+            labels=labels,  # type: ignore[arg-type]
         )
 
     def with_reasoning(self, reasoning: str, request_label: Label, response_label: Label | None) -> TrainingSample:
         """A copy with reasoning and labels set and any verbatim completion dropped."""
         labels = {"request": request_label, **({"response": response_label} if response_label else {})}
-        return replace(self, reasoning=reasoning, labels=labels, completion=None)
+        return replace(self, reasoning=reasoning, labels=labels, completion=None)  # type: ignore[arg-type]

@@ -265,7 +265,7 @@ def load_benchmark(
         where = f"{path.name} item {index}"
         read = _READERS[detect_format(record)]
         samples.append(read(record, index, benchmark.task, root, where, f"{path}:{line}"))
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for sample in samples:
         if sample.id in seen:
             raise EvalDataError(f"{path}: duplicate sample id {sample.id!r}", path=str(path))

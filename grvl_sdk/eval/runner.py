@@ -64,7 +64,7 @@ def _record(sample: Sample, index: int, bench: Benchmark, verdict: Verdict, batc
     task = bench.task
     error = verdict.error
     record = PredictionRecord(
-        id=sample.id,
+        id=str(sample.id),
         gold=sample.gold(task) or "",
         raw_output=verdict.raw_output,
         benchmark=bench.name,
@@ -79,7 +79,9 @@ def _record(sample: Sample, index: int, bench: Benchmark, verdict: Verdict, batc
     if error is not None and error.code != "unparseable_output":
         record.status = "failed"
         return record
-    label = None if error is not None else (verdict.request_label if task == "request" else verdict.response_label)
+    label: str | None = None
+    if error is None:
+        label = verdict.request_label if task == "request" else verdict.response_label
     if label is None and verdict.raw_output:
         # e.g. a request set whose output lacks only the response label: the request label still counts.
         label = sdk_label(verdict.raw_output, task)
@@ -90,7 +92,7 @@ def _record(sample: Sample, index: int, bench: Benchmark, verdict: Verdict, batc
 
 def _failed(sample: Sample, index: int, bench: Benchmark, exc: BaseException) -> PredictionRecord:
     return PredictionRecord(
-        id=sample.id,
+        id=str(sample.id),
         gold=sample.gold(bench.task) or "",
         benchmark=bench.name,
         task=bench.task,
@@ -286,7 +288,7 @@ def run_eval(
 
     scored = {
         item.source.benchmark.name: score_records(
-            [item.done[s.id] for _, s in item.chosen], item.source.benchmark, parse="recorded"
+            [item.done[str(s.id)] for _, s in item.chosen], item.source.benchmark, parse="recorded"
         )
         for item in plan
     }

@@ -83,7 +83,7 @@ def _named(name: str) -> Benchmark:
 
 def _from_path(path: Path) -> list[BenchmarkSource]:
     if path.is_dir():
-        sources = []
+        sources: list[BenchmarkSource] = []
         for file in _data_files(path):
             matches = benchmarks_for_file(file)
             if len(matches) == 1 or expands_to_all(matches):

@@ -133,6 +133,6 @@ def load_adapter_guard(
         model = model.merge_and_unload()
     model.eval()
     processor_source = str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base
-    pixels = {"min_pixels": backend.encoder.min_pixels, "max_pixels": backend.encoder.max_pixels}
+    pixels: dict[str, Any] = {"min_pixels": backend.encoder.min_pixels, "max_pixels": backend.encoder.max_pixels}
     local = LocalBackend(model, load_processor(processor_source), model_id=str(adapter_dir), **pixels)
     return Guard(local, **guard_kwargs)

@@ -60,7 +60,7 @@ def _benchmark_labels(output: Any, response: str | None, task: BenchmarkTask) ->
         raise DataError("a response label was given but the transcript has no response", field="output")
     if request_label is None and response_label is None:
         raise DataError("no harm label in the output", field="output")
-    return request_label, response_label
+    return request_label, response_label  # type: ignore[return-value]
 
 
 def load_benchmark(
@@ -228,7 +228,7 @@ def _table_sample(row: Any, cols: ColumnMap, base: Path, source: str) -> Trainin
     for role in ("request_label", "response_label"):
         column = getattr(cols, role)
         try:
-            labels[role] = normalize_label(_cell(row, column), role.split("_")[0])
+            labels[role] = normalize_label(_cell(row, column), role.split("_")[0])  # type: ignore[assignment]
         except DataError as exc:
             raise DataError(exc.problem, field=column) from exc
     try:

@@ -209,7 +209,7 @@ def train_rsft(
         processor = load_processor(config.model_name_or_path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the processor of {config.model_name_or_path!r}: {exc}") from exc
-    encode = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
+    encode: dict[str, Any] = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
     examples, dropped = encode_samples(
         train, processor, max_length=config.max_length, progress=config.progress and main, **encode
     )

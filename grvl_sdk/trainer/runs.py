@@ -169,7 +169,7 @@ def run_recorder(output_dir: str | os.PathLike[str], *, title: str = "R-SFT") ->
     """A ``TrainerCallback`` writing ``metrics.jsonl`` and ``loss.png`` in ``output_dir`` (main process only)."""
     transformers = require("transformers", extra="train")
 
-    class RunRecorder(transformers.TrainerCallback):
+    class RunRecorder(transformers.TrainerCallback):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self.directory = Path(output_dir)
             self.metrics = self.directory / METRICS_FILE

@@ -278,11 +278,11 @@ def synthesize(
             report.reasons["no_gold_label"] = report.reasons.get("no_gold_label", 0) + 1
             continue
         todo.append((key, sample))
-    key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
     teacher = Teacher(
         url=base_url.rstrip("/") + "/chat/completions",
         model=model,
-        headers={"Authorization": f"Bearer {key}"} if key else {},
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
         temperature=temperature,
         max_tokens=max_tokens,
         max_http_retries=max_http_retries,
@@ -290,7 +290,7 @@ def synthesize(
         extra_body=dict(extra_body or {}),
     )
     if todo:
-        options = {"concurrency": concurrency, "max_attempts": max_attempts, "timeout": timeout}
+        options: dict[str, Any] = {"concurrency": concurrency, "max_attempts": max_attempts, "timeout": timeout}
         job = _run(todo, writer, teacher, report, max_pixels=max_pixels, progress=progress, **options)
         try:
             asyncio.get_running_loop()
