@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_IMAGE = ROOT / "examples" / "door.jpg"
@@ -87,3 +91,45 @@ def test_help(args):
     result = grvl(*args)
     assert result.returncode in (0, 2)
     assert "grvl" in (result.stdout + result.stderr)
+
+
+def test_a_missing_image_is_reported_before_any_model_is_loaded(tmp_path):
+    started = time.monotonic()
+    result = grvl("check", "hi", "--image", "/nope.png", "--model", str(tmp_path / "no-model"))
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "/nope.png" in result.stderr
+    assert "Loading guard model" not in result.stderr  # validated first: no model load was even tried
+    assert time.monotonic() - started < 30
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_human_output_has_no_control_characters(raw):
+    from grvl_sdk import Verdict
+    from grvl_sdk.cli.check import _human
+    from grvl_sdk.verdict import ErrorInfo
+
+    failed = Verdict(raw_output=raw, error=ErrorInfo(code="unparseable_output", type="ParseError", message=raw[:50]))
+    judged = Verdict(request_label="harmful", reasoning=raw, model=raw[:20])
+    for verdict in (failed, judged):
+        for show_raw in (False, True):
+            text = _human(verdict, show_raw=show_raw)
+            assert all(
+                c in "\n\t" or (c.isprintable() and unicodedata.category(c) not in ("Cs", "Co", "Cn")) for c in text
+            )
+    assert len(_human(failed)) < 300 + 400 + len(repr(raw[:50])) * 6
+
+
+def test_human_output_shows_scores_and_shortens_raw_output():
+    from grvl_sdk import Verdict
+    from grvl_sdk.cli.check import _human
+    from grvl_sdk.verdict import ErrorInfo
+
+    judged = Verdict(request_label="harmful", response_label="unharmful", request_score=0.91, response_score=0.02)
+    text = _human(judged)
+    assert "P(harmful) = 0.910" in text and "P(harmful) = 0.020" in text
+    failed = Verdict(
+        raw_output="x" * 1000 + "\x00\x0e", error=ErrorInfo(code="unparseable_output", type="E", message="m")
+    )
+    assert "(702 more characters)" in _human(failed) and "\\x00" not in _human(failed)
+    assert "\\x00\\x0e" in _human(failed, show_raw=True)

@@ -147,3 +147,67 @@ def test_run_against_a_guard_server(tiny_guard, benchmark_dir, tmp_path, capsys)
     # the remote guard was built with grvl eval run's pixel bounds (the authors' 4*28*28..16384*28*28)
     state = json.loads((out / "run.json").read_text())
     assert (state["min_pixels"], state["max_pixels"], state["max_new_tokens"]) == (4 * 28 * 28, 16384 * 28 * 28, 3)
+
+
+# -- the first hour: a dead guard is no terrible model -------------------------------------------------------
+def _tiny_set(tmp_path: Path, n: int = 4) -> Path:
+    path = tmp_path / "set.jsonl"
+    rows = [{"text": f"request {i}", "request_label": "harmful" if i % 2 else "unharmful"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_dead_guard_server_stops_the_run_with_the_reason(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    args = ["eval", "run", f"Mine:request={_tiny_set(tmp_path)}", "--server", f"http://127.0.0.1:{port}/v1",
+            "--model", "tiny", "--out", str(tmp_path / "r"), "--no-progress"]  # fmt: skip
+    assert main(args) == 4
+    err = capsys.readouterr().err
+    assert "unreachable" in err and str(port) in err
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_failures_that_dominate_stop_the_run_and_are_reported(tmp_path):
+    from grvl_sdk.errors import BackendError
+    from grvl_sdk.eval import run_eval
+    from grvl_sdk.testing import ScriptedBackend, guard_output
+
+    dead = Guard(ScriptedBackend(BackendError("CUDA error: device lost")), cache_size=0)
+    with pytest.raises(BackendError, match="first batch") as info:
+        run_eval(dead, [f"Mine:request={_tiny_set(tmp_path)}"], tmp_path / "a", progress=False, batch_size=2)
+    assert "CUDA error" in info.value.message
+    calls = iter(range(100))
+
+    def flaky(item):  # the first batch works, then the backend dies
+        if next(calls) < 2:
+            return guard_output("harmful")
+        raise BackendError("out of memory")
+
+    guard = Guard(ScriptedBackend(flaky), cache_size=0)
+    with pytest.raises(BackendError, match="over the allowed"):
+        run_eval(guard, [f"Mine:request={_tiny_set(tmp_path, 12)}"], tmp_path / "b", progress=False, batch_size=2)
+    ok = Guard(ScriptedBackend(guard_output("harmful")), cache_size=0)
+    summary = run_eval(ok, [f"Mine:request={_tiny_set(tmp_path)}"], tmp_path / "c", progress=False, batch_size=2)
+    assert summary.meta["failed_this_call"] == 0 and summary.meta["first_error"] is None
+
+
+def test_average_rows_count_only_their_samples(tmp_path):
+    from grvl_sdk.eval.report import render_csv
+    from grvl_sdk.eval.scoring import BenchmarkResult, EvalSummary
+
+    def row(name, modality, n):
+        return BenchmarkResult(name=name, task="request", modality=modality, n=n, f1=50.0, precision=50.0,
+                               recall=50.0, tp=1, fp=1, fn=1, tn=1, unparseable=0, failed=0)  # fmt: skip
+
+    summary = EvalSummary(model="m", results=[row("A", "text", 4), row("B", "text-image", 6)], parse="recorded")
+    averages = {line.split(",")[0]: line for line in render_csv(summary).splitlines()[3:]}
+    assert ",4," in averages["request Avg(Text)"] and ",10," in averages["request Avg(All)"]
+
+
+def test_scoring_a_missing_path_says_so(capsys):
+    assert main(["eval", "score", "/no/such/path"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

@@ -429,6 +429,28 @@ class RemoteBackend(Backend):
         results = await asyncio.gather(*(self._apost(body, deadline, decoding.n) for body in bodies))
         return [g for generations in results for g in generations]
 
+    def list_models(self, *, timeout: float = 5.0) -> list[str]:
+        """The model names the server serves (``GET {base_url}/models``): a quick reachability check.
+
+        Raises :class:`RemoteBackendError` when the server cannot be reached or answers badly (with a
+        hint when ``/v1`` seems missing from ``base_url``)."""
+        try:
+            response = self._client.get(f"{self.base_url}/models", timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise RemoteBackendError(
+                f"guard server unreachable at {self.base_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.status_code != 200:
+            hint = " (is the '/v1' missing from base_url?)" if response.status_code == 404 else ""
+            raise RemoteBackendError(
+                f"guard server at {self.base_url} answered HTTP {response.status_code} to GET /models{hint}",
+                status_code=response.status_code,
+            )
+        try:
+            return [str(item["id"]) for item in response.json()["data"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RemoteBackendError(f"malformed model list from the guard server: {exc}") from exc
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close the sync client, the worker pool and every event loop's async client (idempotent; see

@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 from grvl_sdk._constants import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, MODEL_ENV_VAR
+from grvl_sdk.cli._output import quiet_third_party, safe_text, shorten
 from grvl_sdk.errors import BackendError, GRVLError, InputError, MissingDependencyError, ModelLoadError
+from grvl_sdk.images import load_images
 
 __all__ = ["EXIT_BACKEND", "EXIT_FLAGGED", "EXIT_INPUT", "EXIT_LOAD", "EXIT_OK", "register"]
 
@@ -45,6 +47,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="vision budget per image")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument("--show-raw", action="store_true", help="print the whole raw model output (human mode)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs, progress bars, warnings")
     parser.add_argument(
         "--fail-on-harmful", action="store_true", help="exit 1 when the verdict is harmful or the check failed"
     )
@@ -71,9 +75,16 @@ def _error(message: str, code: int, as_json: bool, error: GRVLError | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_third_party(args.verbose)
     text = sys.stdin.read() if args.text == "-" else args.text
-    if not text and not args.image:
-        return _error("give a request TEXT, an --image, or both", EXIT_INPUT, args.json)
+    if not text and not args.image and args.response is None:
+        return _error("give a request TEXT, an --image, a --response, or several", EXIT_INPUT, args.json)
+    try:  # inputs and settings first: nothing is loaded for a call that cannot run
+        images = load_images(images=args.image) if args.image else None
+        if args.max_new_tokens < 1 or args.max_pixels < 1:
+            raise InputError("--max-new-tokens and --max-pixels must be >= 1")
+    except InputError as exc:
+        return _error(exc.message, EXIT_INPUT, args.json, exc)
     model = args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
     quantization = _quantization(args.quantization)
     from grvl_sdk.guard import Guard
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(exc.message, EXIT_INPUT, args.json, exc)
     print(f"Loaded in {time.perf_counter() - started:.1f} s; checking...", file=sys.stderr, flush=True)
     try:
-        verdict = guard.check(text or None, images=args.image or None, response=args.response)
+        verdict = guard.check(text or None, images=images, response=args.response)
     except InputError as exc:
         return _error(exc.message, EXIT_INPUT, args.json, exc)
     except BackendError as exc:
@@ -107,28 +118,42 @@ def run(args: argparse.Namespace) -> int:
         extra = {"failed": verdict.failed, "blocked": verdict.blocked}
         print(json.dumps({**verdict.model_dump(mode="json"), **extra}, ensure_ascii=False))
     else:
-        print(_human(verdict))
+        print(_human(verdict, show_raw=args.show_raw))
     if args.fail_on_harmful and (verdict.harmful or verdict.failed):
         return EXIT_FLAGGED
     return EXIT_OK
 
 
-def _human(verdict: Any) -> str:
+def _human(verdict: Any, *, show_raw: bool = False) -> str:
+    """The verdict for a terminal: labels, scores, decision, timing, reasoning; raw output shortened
+    (``show_raw`` for all of it) and every non-printable character escaped."""
     lines = []
     if verdict.failed:
-        lines.append(f"Verdict:   FAILED ({verdict.error.code}) - treated as harmful (fail-closed)")
-        lines.append(f"Error:     {verdict.error.message}")
+        closed = "fail-closed" if verdict.fail_mode == "block" else "fail-open"
+        lines.append(
+            f"Verdict:   FAILED ({verdict.error.code}): the guard could not judge; {verdict.decision} ({closed})"
+        )
+        lines.append(f"Error:     {safe_text(verdict.error.message)}")
     else:
-        lines.append(f"Verdict:   {'HARMFUL' if verdict.harmful else 'unharmful'}")
-        lines.append(f"Request:   {verdict.request_label}")
-        lines.append(f"Response:  {verdict.response_label or '- (no response given)'}")
+        lines.append(f"Verdict:   {'HARMFUL' if verdict.harmful else 'unharmful'} ({verdict.decision})")
+    if verdict.request_label is not None or not verdict.failed:
+        lines.append(f"Request:   {verdict.request_label or '- (not judged)'}{_score(verdict.request_score)}")
+    if verdict.response_label is not None or not verdict.failed:
+        lines.append(f"Response:  {verdict.response_label or '- (no response given)'}{_score(verdict.response_score)}")
     usage = verdict.usage
-    lines.append(f"Model:     {verdict.model}")
+    lines.append(f"Model:     {safe_text(verdict.model)}")
     lines.append(
         f"Time:      {usage.latency_ms:.0f} ms ({usage.prompt_tokens} prompt + {usage.completion_tokens} output tokens)"
     )
-    body = verdict.reasoning if verdict.reasoning else (verdict.raw_output if verdict.failed else "")
-    if body:
-        lines.append("Reasoning:" if verdict.reasoning else "Raw output:")
-        lines.extend(textwrap.indent(body.strip(), "  ").splitlines())
+    if verdict.reasoning:
+        lines.append("Reasoning:")
+        lines.extend(textwrap.indent(safe_text(verdict.reasoning.strip()), "  ").splitlines())
+    elif verdict.failed and verdict.raw_output:
+        raw = verdict.raw_output.strip()
+        lines.append("Raw output:")
+        lines.extend(textwrap.indent(safe_text(raw if show_raw else shorten(raw)), "  ").splitlines())
     return "\n".join(lines)
+
+
+def _score(score: float | None) -> str:
+    return "" if score is None else f"   (P(harmful) = {score:.3f})"

@@ -68,6 +68,13 @@ def register(subparsers: Any) -> None:
         default=EVAL_MAX_NEW_TOKENS,
         help=f"generation cap (default {EVAL_MAX_NEW_TOKENS}, the authors' setting; a Guard's own default is 1024)",
     )
+    run.add_argument(
+        "--max-failure-rate",
+        type=float,
+        default=0.5,
+        help="stop (exit 4) when more than this share of checks fail to run (default 0.5; all of the first "
+        "batch failing always stops)",
+    )
     run.add_argument("--no-resume", action="store_true", help="start the listed benchmarks afresh")
     run.add_argument(
         "--quantization",
@@ -230,6 +237,8 @@ def _run(args: argparse.Namespace) -> int:
     print(settings_line(meta), file=sys.stderr, flush=True)
     try:
         guard = _load_guard(args)
+        if args.server:  # a dead server is no terrible model: say so before running anything
+            guard.backend.list_models()
     except (ModelLoadError, MissingDependencyError) as exc:
         return _fail(exc.message, EXIT_LOAD)
     except GRVLError as exc:
@@ -246,6 +255,7 @@ def _run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             progress=not args.no_progress,
             write_reports=False,
+            max_failure_rate=args.max_failure_rate,
         )
     except KeyboardInterrupt:
         print(
@@ -262,6 +272,8 @@ def _run(args: argparse.Namespace) -> int:
             close()
     written = write_reports(summary, args.out, compare)
     _print_summary(summary, args.json, compare)
+    failed, first = summary.meta.get("failed_this_call") or 0, summary.meta.get("first_error")
+    print(f"Failed checks: {failed}" + (f" (first: {first})" if first else ""), file=sys.stderr)
     print(f"Results: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     return EXIT_OK
 

@@ -285,10 +285,11 @@ def render_csv(summary: EvalSummary) -> str:
     for r in summary.results:
         writer.writerow({k: v for k, v in r.to_dict().items() if k in CSV_FIELDS})
     for task, averages in summary.averages().items():
-        n = sum(r.n for r in summary.results if r.task == task)
+        rows = [r for r in summary.results if r.task == task]
+        counts = {AVG_TEXT: sum(r.n for r in rows if r.modality == "text"), AVG_ALL: sum(r.n for r in rows)}
         for col, value in averages.items():
-            if value is not None:
-                writer.writerow({"name": f"{task} {col}", "task": task, "n": n, "f1": value})
+            if value is not None:  # n: the samples behind this average (text sets only for Avg(Text))
+                writer.writerow({"name": f"{task} {col}", "task": task, "n": counts[col], "f1": value})
     return buffer.getvalue()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from grvl_sdk.data.samples import Sample
-from grvl_sdk.errors import EvalError, GRVLError, InputError
+from grvl_sdk.errors import BackendError, EvalError, GRVLError, InputError
 from grvl_sdk.eval._runfiles import Progress, chunks, finished_records, quiet_verdict_logs, read_json, write_json
 from grvl_sdk.eval.formats import load_benchmark
 from grvl_sdk.eval.predictions import PredictionRecord, load_predictions
@@ -123,6 +123,28 @@ def _check(guard: SupportsCheckBatch, chunk: Sequence[tuple[int, Sample]], max_n
     return [(verdict, len(chunk)) for verdict in verdicts]
 
 
+def _failure(outcome: Verdict | GRVLError) -> str | None:
+    """``"code: message"`` when the guard could not run for this sample (an unparseable output is the
+    model's answer, not a failure to run)."""
+    if isinstance(outcome, GRVLError):
+        return f"{outcome.code}: {outcome.message}"
+    if outcome.error is not None and outcome.error.code != "unparseable_output":
+        return f"{outcome.error.code}: {outcome.error.message}"
+    return None
+
+
+def _stop_when_failing(failed: int, generated: int, last: int, size: int, rate: float, first_error: str | None) -> None:
+    if generated == last and failed == last:
+        raise BackendError(
+            f"every check of the first batch ({last}) failed, so nothing more was run: {first_error} "
+            "(is the guard reachable and loaded?)"
+        )
+    if generated >= 2 * size and failed > rate * generated:
+        raise BackendError(
+            f"{failed} of {generated} checks failed, over the allowed {rate:.0%}; stopped. First error: {first_error}"
+        )
+
+
 def _outcome_record(
     sample: Sample, index: int, bench: Benchmark, outcome: Verdict | GRVLError, batch: int
 ) -> PredictionRecord:
@@ -180,6 +202,7 @@ def run_eval(
     resume: bool = True,
     progress: bool = True,
     write_reports: bool = True,
+    max_failure_rate: float = 0.5,
 ) -> EvalSummary:
     """Run ``guard`` over ``benchmarks`` and write a results folder at ``out_dir``; return the summary.
 
@@ -194,9 +217,15 @@ def run_eval(
     generated again; a folder holding another model's run, or one with other settings, is refused;
     ``resume=False`` starts the listed benchmarks afresh.
 
-    Failed checks (the guard raised a :class:`~grvl_sdk.errors.GRVLError`) are recorded and count as wrong;
-    any other exception (including ``KeyboardInterrupt``) stops the run with every finished batch saved.
+    Failed checks (the guard could not run: backend or server errors, deadlines) are recorded and count
+    as wrong — but a dead guard is not a terrible model: when every check of the first batch fails, or
+    more than ``max_failure_rate`` of the checks so far (after two batches) failed, the run stops with a
+    :class:`~grvl_sdk.errors.BackendError` naming the count and the first error (finished batches are
+    saved). The summary's ``meta`` holds ``failed_this_call`` and ``first_error``. Any other exception
+    (including ``KeyboardInterrupt``) stops the run with every finished batch saved.
     """
+    if not 0 <= max_failure_rate <= 1:
+        raise EvalError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
     if limit is not None and limit < 1:
         raise EvalError(f"limit must be >= 1, got {limit}")
     sources = resolve_sources(benchmarks, data_dir=data_dir)
@@ -261,6 +290,7 @@ def run_eval(
     bar = Progress(progress, total, total - sum(len(todo) for todo in pending))
     started = time.perf_counter()
     generated = failed = 0
+    first_error: str | None = None
     with quiet_verdict_logs(), contextlib.closing(bar), contextlib.ExitStack() as files:
         for group, todo in zip(groups, pending, strict=True):
             bar.describe(" + ".join(item.source.benchmark.name for item in group))
@@ -283,8 +313,11 @@ def run_eval(
                     for record in records:
                         item.done[record.id] = record
                 generated += len(chunk)
-                failed += sum(not isinstance(outcome, Verdict) for outcome, _ in outcomes)
+                errors = [_failure(outcome) for outcome, _ in outcomes]
+                failed += sum(error is not None for error in errors)
+                first_error = first_error or next((e for e in errors if e is not None), None)
                 bar.update(len(chunk), failed)
+                _stop_when_failing(failed, generated, len(chunk), size, max_failure_rate, first_error)
 
     scored = {
         item.source.benchmark.name: score_records(
@@ -305,6 +338,8 @@ def run_eval(
         "batch_size": size,
         "limit": limit,
         "generated_this_call": generated,
+        "failed_this_call": failed,
+        "first_error": first_error,
         "elapsed_s_this_call": round(time.perf_counter() - started, 3),
         "out_dir": str(out),
     }

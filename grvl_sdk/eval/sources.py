@@ -113,6 +113,8 @@ def parse_spec(spec: str | Path, *, data_dir: str | Path | None = None) -> list[
     path = Path(spec).expanduser()
     if path.exists():
         return _from_path(path)
+    if any(sep in spec for sep in ("/", "\\")) or path.suffix.lower() in (".json", ".jsonl"):
+        raise EvalError(f"no such file or folder: {path}")
     benchmark = _named(spec)
     if data_dir is None:
         raise EvalError(f"{spec!r} is not a file; give --data-dir to find {benchmark.name}, or {spec}=PATH")
