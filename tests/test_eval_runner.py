@@ -135,7 +135,12 @@ def test_backend_failures_are_recorded_as_wrong_and_retried_on_resume(tmp_path):
     # resume: only the failed sample is tried again
     backend.answers["boom"] = H_OUT
     backend.calls.clear()
-    summary = run_eval(guard, [f"F:request={path}"], out, batch_size=1, progress=False)
+    # The only sample left fails again: by default that stops the run (a guard that cannot run is no
+    # model to score); with the stop turned off it is recorded as failed.
+    with pytest.raises(BackendError, match="first batch"):
+        run_eval(guard, [f"F:request={path}"], out, batch_size=1, progress=False)
+    backend.calls.clear()
+    summary = run_eval(guard, [f"F:request={path}"], out, batch_size=1, progress=False, max_failure_rate=1.0)
     assert backend.calls == [["boom"]]
     assert summary.results[0].failed == 1  # still raising
     lines = (out / "predictions" / "F.jsonl").read_text().splitlines()

@@ -134,6 +134,8 @@ def _failure(outcome: Verdict | GRVLError) -> str | None:
 
 
 def _stop_when_failing(failed: int, generated: int, last: int, size: int, rate: float, first_error: str | None) -> None:
+    if rate >= 1:  # stopping turned off
+        return
     if generated == last and failed == last:
         raise BackendError(
             f"every check of the first batch ({last}) failed, so nothing more was run: {first_error} "
@@ -219,8 +221,8 @@ def run_eval(
 
     Failed checks (the guard could not run: backend or server errors, deadlines) are recorded and count
     as wrong — but a dead guard is not a terrible model: when every check of the first batch fails, or
-    more than ``max_failure_rate`` of the checks so far (after two batches) failed, the run stops with a
-    :class:`~grvl_sdk.errors.BackendError` naming the count and the first error (finished batches are
+    more than ``max_failure_rate`` of the checks so far (after two batches) failed, the run stops
+    (``max_failure_rate=1`` never stops) with a :class:`~grvl_sdk.errors.BackendError` naming the count and the first error (finished batches are
     saved). The summary's ``meta`` holds ``failed_this_call`` and ``first_error``. Any other exception
     (including ``KeyboardInterrupt``) stops the run with every finished batch saved.
     """
