@@ -24,8 +24,7 @@ import torch
 import transformers
 from PIL import Image
 
-from grvl_sdk.trainer import RSFTConfig, TrainingSample
-from grvl_sdk.trainer import train_rsft
+from grvl_sdk.trainer import RSFTConfig, TrainingSample, train_rsft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import SHAPES, build_model

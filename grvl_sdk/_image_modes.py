@@ -125,5 +125,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "F":
         return _from_float(image)
     raise ImageError(f"unsupported image mode {mode!r}")
-
-

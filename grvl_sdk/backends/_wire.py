@@ -125,6 +125,7 @@ def choice_logprobs(choice: Mapping[str, Any]) -> TokenLogprobs | None:
 
     return TokenLogprobs(tokens=tokens, alternatives=alternatives)
 
+
 def parse_answer(status: int, content: bytes, latency_ms: float, n: int) -> list[Generation]:
     """The answer's ``n`` choices as generations, in index order (a malformed answer is a
     :class:`RemoteBackendError` of this call)."""

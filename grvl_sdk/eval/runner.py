@@ -222,9 +222,10 @@ def run_eval(
     Failed checks (the guard could not run: backend or server errors, deadlines) are recorded and count
     as wrong — but a dead guard is not a terrible model: when every check of the first batch fails, or
     more than ``max_failure_rate`` of the checks so far (after two batches) failed, the run stops
-    (``max_failure_rate=1`` never stops) with a :class:`~grvl_sdk.errors.BackendError` naming the count and the first error (finished batches are
-    saved). The summary's ``meta`` holds ``failed_this_call`` and ``first_error``. Any other exception
-    (including ``KeyboardInterrupt``) stops the run with every finished batch saved.
+    (``max_failure_rate=1`` never stops) with a :class:`~grvl_sdk.errors.BackendError` naming the count
+    and the first error (finished batches are saved). The summary's ``meta`` holds
+    ``failed_this_call`` and ``first_error``. Any other exception (including ``KeyboardInterrupt``)
+    stops the run with every finished batch saved.
     """
     if not 0 <= max_failure_rate <= 1:
         raise EvalError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
