@@ -17,6 +17,7 @@ from grvl_sdk.errors import (
     BackendError,
     CircuitOpenError,
     DeadlineExceededError,
+    FastModeUnsupportedError,
     GRVLError,
     GuardBlocked,
     GuardClosedError,
@@ -33,12 +34,13 @@ from grvl_sdk.options import GuardOptions
 from grvl_sdk.policy import Policy
 from grvl_sdk.protocol.parsing import ParsedOutput, parse_output
 from grvl_sdk.protocol.prompt import SYSTEM_PROMPT, build_messages, build_transcript, parse_transcript, render_prompt
-from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
-from grvl_sdk.verdict import Decision, ErrorInfo, Usage, Verdict
+from grvl_sdk.types import FAST, GREEDY, Decoding, Generation, GuardInput, TokenLogprobs
+from grvl_sdk.verdict import Decision, ErrorInfo, TierInfo, Usage, Verdict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAST",
     "GREEDY",
     "SYSTEM_PROMPT",
     "AsyncGuardedStream",
@@ -51,6 +53,7 @@ __all__ = [
     "Decision",
     "Decoding",
     "ErrorInfo",
+    "FastModeUnsupportedError",
     "GRVLError",
     "Generation",
     "Guard",
@@ -69,6 +72,7 @@ __all__ = [
     "ParsedOutput",
     "Policy",
     "RemoteBackendError",
+    "TierInfo",
     "TokenLogprobs",
     "Usage",
     "Verdict",

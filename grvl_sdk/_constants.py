@@ -47,8 +47,12 @@ EVAL_MAX_NEW_TOKENS = 4096
 # -- middleware -------------------------------------------------------------------------------
 #: What a blocked wrapped call returns when the policy says ``on_block="refuse"``.
 DEFAULT_REFUSAL = "Sorry, I can't help with that."
-#: Streaming moderation: check the accumulated response every this many characters (and at the end).
+#: Streaming moderation: the first check of the accumulated response after this many characters...
 DEFAULT_STREAM_CHECK_EVERY = 400
+#: ...later ones at geometrically growing offsets (each gap ``(growth - 1)`` × the length checked)...
+DEFAULT_STREAM_CHECK_GROWTH = 4.0
+#: ...and at most this many guard generations per streamed choice, the final check included.
+DEFAULT_STREAM_MAX_CHECKS = 3
 #: Inputs generated together by ``check_batch``.
 DEFAULT_BATCH_SIZE = 16
 #: Verdict cache entries (LRU); 0 turns the cache off.

@@ -32,6 +32,7 @@ from grvl_sdk.events import VerdictSink
 from grvl_sdk.policy import Policy
 from grvl_sdk.protocol.parsing import MAX_OUTPUT_CHARS, parse_output
 from grvl_sdk.scores import label_scores
+from grvl_sdk.tiers import ReasoningSpeed, TieredJudge, TierSettings
 from grvl_sdk.types import Generation, GuardInput
 from grvl_sdk.verdict import Stage, Usage, Verdict, _new_id
 
@@ -69,11 +70,25 @@ def check_policy_fits(policy: Policy, item: GuardInput) -> None:
 class Engine:
     """Runs checks for one ``Guard`` over its backend stack, cache and sink (see the module docstring)."""
 
-    def __init__(self, stack: Backend, *, cache: VerdictCache, sink: VerdictSink, model_id: str) -> None:
+    def __init__(
+        self,
+        stack: Backend,
+        *,
+        cache: VerdictCache,
+        sink: VerdictSink,
+        model_id: str,
+        tiers: TierSettings | None = None,
+        speed: ReasoningSpeed | None = None,
+    ) -> None:
         self.stack = stack
         self.cache = cache
         self.sink = sink
         self.model_id = model_id
+        #: The latency tier (``GuardOptions.mode``) and, for ``fast``/``auto``, its judge.
+        self.tiers = tiers or TierSettings()
+        self.tiered = TieredJudge(self, self.tiers) if self.tiers.mode != "think" else None
+        #: Measured speed of think generations (for ``auto``'s deadline estimate).
+        self.speed = speed or ReasoningSpeed()
         self.prepare_pool = DaemonPool("grvl-prepare")
         self.closed = False
 
@@ -91,7 +106,7 @@ class Engine:
         hashes = content_hashes(item)
         if not self.cache.enabled:
             return Admitted(item, hashes=hashes)
-        key = hashes.key(self.model_id, self.stack.cache_settings, budget)
+        key = hashes.key(self.model_id, self.stack.cache_settings + self.tiers.cache_tag, budget)
         hit = self.cache.get(key)
         if hit is not None:
             hit = hit.model_copy(update={"cached": True, "id": _new_id()})
@@ -167,15 +182,20 @@ class Engine:
     def judge(self, item: GuardInput, budget: int, deadline: float | None) -> Verdict:
         """The judgement of one input: a verdict with labels, or a failed verdict (never raises for a
         guard failure; ``InputError`` and ``GuardClosedError`` are the caller's and propagate)."""
+        if self.tiered is not None:
+            return self.tiered.judge([item], budget, deadline)[0]
         try:
             generation = self.stack.generate([item], max_new_tokens=budget, deadline=deadline)[0]
         except (InputError, GuardClosedError):
             raise
         except Exception as exc:
             return self.failed(exc)
+        self.speed.observe(generation)
         return self.verdict(item, generation)
 
     async def ajudge(self, item: GuardInput, budget: int, deadline: float | None) -> Verdict:
+        if self.tiered is not None:
+            return (await self.tiered.ajudge([item], budget, deadline))[0]
         try:
             generation = (await self.stack.agenerate([item], max_new_tokens=budget, deadline=deadline))[0]
         except (InputError, GuardClosedError):
@@ -195,6 +215,9 @@ class Engine:
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
             items = [admitted[i].item for i in chunk]
+            if self.tiered is not None:
+                self.store(chunk, items, self.tiered.judge(items, budget, deadline), raws, admitted)
+                continue
             run = functools.partial(self.stack.generate, max_new_tokens=budget, deadline=deadline)
             self.store(chunk, items, generate_isolated(run, items), raws, admitted)
         return [self.finish(r, a.item, a.hashes, policy, started) for r, a in zip(raws, admitted, strict=True)]  # type: ignore[arg-type]
@@ -207,6 +230,10 @@ class Engine:
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
             items = [admitted[i].item for i in chunk]
+            if self.tiered is not None:
+                judged = await self.tiered.ajudge(items, budget, deadline)
+                await asyncio.to_thread(self.store, chunk, items, judged, raws, admitted)
+                continue
             run = functools.partial(self.stack.agenerate, max_new_tokens=budget, deadline=deadline)
             outcomes = await agenerate_isolated(run, items)
             await asyncio.to_thread(self.store, chunk, items, outcomes, raws, admitted)
@@ -218,15 +245,22 @@ class Engine:
         self,
         chunk: list[int],
         items: list[GuardInput],
-        outcomes: Sequence[Generation | Exception],
+        outcomes: Sequence[Generation | Exception | Verdict],
         raws: list[Verdict | None],
         admitted: list[Admitted],
     ) -> None:
-        """Turn a chunk's outcomes into judgements (a backend ``InputError`` is the caller's: raised)."""
+        """Turn a chunk's outcomes (or judgements already made) into judgements (a backend
+        ``InputError`` is the caller's: raised)."""
         for index, item, outcome in zip(chunk, items, outcomes, strict=True):
             if isinstance(outcome, (InputError, GuardClosedError)):
                 raise outcome
-            raw = self.failed(outcome) if isinstance(outcome, BaseException) else self.verdict(item, outcome)
+            if isinstance(outcome, Verdict):
+                raw = outcome
+            elif isinstance(outcome, BaseException):
+                raw = self.failed(outcome)
+            else:
+                self.speed.observe(outcome)
+                raw = self.verdict(item, outcome)
             raws[index] = raw
             key = admitted[index].key
             if key is not None:
@@ -264,7 +298,7 @@ class Engine:
         except ParseError as exc:
             if not generation.finished:
                 exc = ParseError(
-                    f"guard output cut at max_new_tokens before a verdict: {exc.message}",
+                    f"the guard output was cut off at max_new_tokens before a complete verdict; {exc.message}",
                     output=exc.output,
                     request_label=exc.request_label,
                     response_label=exc.response_label,

@@ -19,6 +19,7 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     ├── EvalError                  code "eval_error"           evaluation: unknown benchmark, bad spec, resume mismatch
     │   └── DataFormatError        code "invalid_data"         a benchmark or prediction file cannot be read
     └── BackendError               code "backend_error"        generation failed inside the backend
+        ├── FastModeUnsupportedError code "fast_mode_unsupported" the backend or server cannot give a fast verdict
         └── RemoteBackendError     code "remote_error"         the guard server failed, or answered badly
             └── CircuitOpenError   code "circuit_open"         recent calls failed: the server is not called for a while
 
@@ -41,6 +42,7 @@ __all__ = [
     "DataFormatError",
     "DeadlineExceededError",
     "EvalError",
+    "FastModeUnsupportedError",
     "GRVLError",
     "GuardBlocked",
     "GuardClosedError",
@@ -134,6 +136,15 @@ class BackendError(GRVLError):
     """The backend failed while generating (out of memory, device error, server error...)."""
 
     code: ClassVar[str] = "backend_error"
+
+
+class FastModeUnsupportedError(BackendError):
+    """``mode="fast"`` (or the fast step of ``mode="auto"``) cannot run on this backend: it has no fast
+    tier, or the server refused or ignored the assistant-prefix continuation (``continue_final_message``)
+    or sent no ``logprobs``. A check in fast mode then fails closed; ``mode="auto"`` escalates to
+    reasoning."""
+
+    code: ClassVar[str] = "fast_mode_unsupported"
 
 
 class RemoteBackendError(BackendError):

@@ -29,10 +29,11 @@ from grvl_sdk.conversation import conversation_input
 from grvl_sdk.engine import HEAVY_CHARS, Admitted, Engine, is_heavy
 from grvl_sdk.errors import DeadlineExceededError, InputError
 from grvl_sdk.events import VerdictHook, VerdictSink
-from grvl_sdk.images import load_images, resize_to_grid
+from grvl_sdk.images import load_images
 from grvl_sdk.options import GuardOptions, GuardOptionsKwargs
 from grvl_sdk.policy import Policy, PolicyLike
 from grvl_sdk.protocol.prompt import neutralize_tags
+from grvl_sdk.tiers import TierSettings
 from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Stage, Verdict
 
@@ -125,7 +126,10 @@ class Guard:
         self._options = opts
         self._batched = batched
         self._parent = parent
-        self._engine = Engine(stack, cache=cache, sink=sink, model_id=raw.model_id)
+        self._engine: Engine = Engine(
+            stack, cache=cache, sink=sink, model_id=raw.model_id, tiers=TierSettings.from_options(opts),
+            speed=parent._engine.speed if parent is not None else None,
+        )  # fmt: skip
         self._owned: list[Callable[[], None]] = []
         self._fetcher: Any = None
         if batched is not None and (parent is None or batched is not parent._batched):
@@ -293,14 +297,13 @@ class Guard:
         text = _clean_text("text", text)
         response = _clean_text("response", response)
         image, images = self._fetch_remote(image), self._fetch_remote(images)
-        loaded = load_images(image, images, max_image_pixels=self.max_image_pixels)
+        # the one resize, to the model's grid, done while loading (smart_resize is not idempotent: once only)
+        bounds = self._backend.image_bounds
+        loaded = load_images(image, images, max_image_pixels=self.max_image_pixels, grid=bounds)
         if len(loaded) > MAX_IMAGES_PER_CHECK:
             raise InputError(
                 f"{len(loaded)} images in one check; at most {MAX_IMAGES_PER_CHECK} are supported", field="images"
             )
-        bounds = self._backend.image_bounds
-        if bounds is not None:  # the one resize to the model's grid: the backend then changes nothing
-            loaded = [resize_to_grid(im, min_pixels=bounds[0], max_pixels=bounds[1]) for im in loaded]
         if not text and not loaded and response is None:
             raise InputError("nothing to check: give a request text, an image, a response, or several", field="text")
         return GuardInput(text=text or None, response=response, images=tuple(loaded))
@@ -318,8 +321,9 @@ class Guard:
         policy = self._options.image_fetch
         if policy is None:
             raise InputError(
-                f"image URL {url[:200]!r}: the guard fetches no remote image unless allowed (Guard(image_fetch="
-                "FetchPolicy(allow=[...])), see grvl_sdk.fetch); or download it and pass its bytes or a data: URL",
+                f"image URL {url[:200]!r}: the guard fetches no remote image unless allowed; allow it with "
+                "Guard(image_fetch=FetchPolicy(allow=[...])) (see grvl_sdk.fetch), or download it and pass its "
+                "bytes or a data: URL",
                 field="images",
             )
         from grvl_sdk.fetch import ImageFetcher
@@ -511,6 +515,15 @@ class Guard:
         if fn is None:
             return lambda function: wrap(self, function, **options)
         return wrap(self, fn, **options)
+
+    def as_runnable(self, *, policy: PolicyLike | None = None, name: str | None = None) -> Any:
+        """This guard as a LangChain ``Runnable`` whose output is the :class:`Verdict`
+        (:class:`grvl_sdk.integrations.langchain.GuardRunnable`; ``batch`` is one batched generation).
+        ``policy`` overrides the guard's for its checks; ``name`` is the runnable's name. Needs
+        ``langchain-core``: raises :class:`~grvl_sdk.errors.MissingDependencyError` without it."""
+        from grvl_sdk.integrations.langchain import as_runnable
+
+        return as_runnable(self, policy=policy, name=name)
 
     # -- internals -------------------------------------------------------------------------------
     def _settings(self, policy: PolicyLike | None, max_new_tokens: int | None) -> tuple[Policy, int, float | None]:

@@ -147,12 +147,50 @@ def _check_size(image: Image.Image, max_image_pixels: int) -> None:
         )
 
 
-def _open(data: bytes | IO[bytes], max_image_pixels: int) -> Image.Image:
+#: ``Image.info`` key: the (width, height) of a JPEG decoded at reduced size (``draft``), before it.
+_FULL_SIZE = "grvl_full_size"
+
+
+#: The model's pixel bounds ``(min_pixels, max_pixels)``: images are resized to :func:`smart_resize`'s grid.
+Grid = tuple[int, int]
+
+
+def _target_size(width: int, height: int, max_pixels: int | None, grid: Grid | None) -> tuple[int, int]:
+    """The (width, height) an image of ``width`` x ``height`` ends at: shrunk to ``max_pixels`` (aspect
+    kept), then to the model's ``grid``. Symmetric in width and height."""
+    if max_pixels is not None and width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
+    if grid is not None:
+        height, width = smart_resize(height, width, min_pixels=grid[0], max_pixels=grid[1])
+    return width, height
+
+
+def _draft(image: Image.Image, max_pixels: int | None, grid: Grid | None) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT: no full-size decode) when the final
+    resize would shrink it at least that much; the full size is kept in ``image.info``."""
+    if image.format != "JPEG" or (max_pixels is None and grid is None):
+        return
+    full = image.size
+    try:
+        target = _target_size(full[0], full[1], max_pixels, grid)
+    except InputError:  # a bad size for the grid: reported by the resize after the full decode
+        return
+    if target[0] < full[0] and target[1] < full[1]:
+        image.draft(image.mode, target)
+        if image.size != full:
+            image.info[_FULL_SIZE] = full
+
+
+def _open(
+    data: bytes | IO[bytes], max_image_pixels: int, max_pixels: int | None = None, grid: Grid | None = None
+) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
             _check_size(image, max_image_pixels)
+            _draft(image, max_pixels, grid)
             image.load()
             return image
     except ImageError:
@@ -189,22 +227,29 @@ def _normalise(image: Image.Image, max_image_pixels: int) -> Image.Image:
 # -- loading --------------------------------------------------------------------------------------
 
 
-def _finish(image: Image.Image, max_image_pixels: int, max_pixels: int | None) -> Image.Image:
+def _finish(image: Image.Image, max_image_pixels: int, max_pixels: int | None, grid: Grid | None) -> Image.Image:
+    """Normalised, then resized once to the ``max_pixels`` budget and the ``grid`` — the size computed
+    from the full size even when a JPEG was decoded at reduced size (:func:`_draft`), so the result's
+    size does not depend on how it was decoded."""
+    full = image.info.get(_FULL_SIZE)
+    decoded = image.size
     image = _normalise(image, max_image_pixels)
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    width, height = image.size
+    if isinstance(full, tuple):
+        width, height = full if image.size == decoded else (full[1], full[0])  # EXIF may have transposed it
+    size = _target_size(width, height, max_pixels, grid)
+    if size != image.size:
         image = image.resize(size, Image.Resampling.BICUBIC)
     return image
 
 
 def _finish_frames(
-    image: Image.Image, max_image_pixels: int, max_pixels: int | None, frames: bool
+    image: Image.Image, max_image_pixels: int, max_pixels: int | None, frames: bool, grid: Grid | None = None
 ) -> list[Image.Image]:
     """The image (``frames=False``: its first frame), or every frame of an animated or multi-page one."""
     count = getattr(image, "n_frames", 1) if frames else 1
     if not isinstance(count, int) or count <= 1:
-        return [_finish(image, max_image_pixels, max_pixels)]
+        return [_finish(image, max_image_pixels, max_pixels, grid)]
     if count > MAX_IMAGES_PER_CHECK:
         raise ImageError(
             f"a multi-frame image (animated or multi-page) of {count} frames: at most {MAX_IMAGES_PER_CHECK} "
@@ -214,7 +259,7 @@ def _finish_frames(
     try:
         for index in range(count):
             image.seek(index)
-            out.append(_finish(image.copy(), max_image_pixels, max_pixels))
+            out.append(_finish(image.copy(), max_image_pixels, max_pixels, grid))
     except ImageError:
         raise
     except Exception as exc:  # PIL raises many types on corrupt frames
@@ -222,14 +267,19 @@ def _finish_frames(
     return out
 
 
-def _load_file(path: str | bytes, max_image_pixels: int, max_pixels: int | None, frames: bool) -> list[Image.Image]:
+def _load_file(
+    path: str | bytes, max_image_pixels: int, max_pixels: int | None, frames: bool, grid: Grid | None = None
+) -> list[Image.Image]:
     with _regular_file(path) as file:  # kept open until converted: multi-frame files read lazily
-        return _finish_frames(_open(file, max_image_pixels), max_image_pixels, max_pixels, frames)
+        image = _open(file, max_image_pixels, max_pixels, grid)
+        return _finish_frames(image, max_image_pixels, max_pixels, frames, grid)
 
 
-def _load(source: Any, max_image_pixels: int, max_pixels: int | None, frames: bool) -> list[Image.Image]:
+def _load(
+    source: Any, max_image_pixels: int, max_pixels: int | None, frames: bool, grid: Grid | None = None
+) -> list[Image.Image]:
     if isinstance(source, Image.Image):
-        return _finish_frames(source, max_image_pixels, max_pixels, frames)
+        return _finish_frames(source, max_image_pixels, max_pixels, frames, grid)
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
             data = bytes(source)
@@ -237,27 +287,29 @@ def _load(source: Any, max_image_pixels: int, max_pixels: int | None, frames: bo
             raise ImageError(f"cannot read image bytes from a {type(source).__name__}: {exc}") from exc
         if not data:
             raise ImageError("image bytes are empty")
-        return _finish_frames(_open(data, max_image_pixels), max_image_pixels, max_pixels, frames)
+        return _finish_frames(
+            _open(data, max_image_pixels, max_pixels, grid), max_image_pixels, max_pixels, frames, grid
+        )
     if isinstance(source, os.PathLike):
         try:
             path = os.fspath(source)
         except TypeError as exc:
             raise ImageError(f"bad image path: {exc}") from exc
-        return _load_file(path, max_image_pixels, max_pixels, frames)
+        return _load_file(path, max_image_pixels, max_pixels, frames, grid)
     if isinstance(source, str):
         decoded, found = _bytes_from_string(source)
         if found is not None:
-            return _load_file(str(found), max_image_pixels, max_pixels, frames)
+            return _load_file(str(found), max_image_pixels, max_pixels, frames, grid)
         assert decoded is not None  # a string names a file, or holds the data
         try:
-            image = _open(decoded, max_image_pixels)
+            image = _open(decoded, max_image_pixels, max_pixels, grid)
         except ImageTooLargeError:
             raise
         except ImageError as exc:
             if _looks_like_path(source) and not _DATA_URL.match(source):
                 raise ImageError(f"image file not found: {source} (nor is it base64 image data: {exc})") from exc
             raise
-        return _finish_frames(image, max_image_pixels, max_pixels, frames)
+        return _finish_frames(image, max_image_pixels, max_pixels, frames, grid)
     raise ImageError(
         f"unsupported image type {type(source).__name__}: pass a path, bytes, a PIL image, base64 or a data: URL"
     )
@@ -279,9 +331,17 @@ def load_image(
 
 
 def load_images(
-    image: Any = None, images: Any = None, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image: Any = None,
+    images: Any = None,
+    *,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    grid: Grid | None = None,
 ) -> list[Image.Image]:
     """Load ``image`` and/or ``images`` (a list) in order; ``None`` gives no image.
+
+    ``grid``: the model's ``(min_pixels, max_pixels)``; each image is then resized once to
+    :func:`smart_resize`'s size for its full size (what :func:`resize_to_grid` gives), and a JPEG is
+    decoded at 1/2, 1/4 or 1/8 scale where that still covers the target (no full-size decode).
 
     An animated or multi-page image gives **all its frames**, in order (every frame may hold content:
     judging only the first would let the others through unseen); more than
@@ -296,7 +356,7 @@ def load_images(
             sources.extend(images)
         except TypeError as exc:
             raise ImageError(f"images= must be a list, got {type(images).__name__}") from exc
-    return [frame for s in sources for frame in _load(s, max_image_pixels, None, frames=True)]
+    return [frame for s in sources for frame in _load(s, max_image_pixels, None, True, grid)]
 
 
 def encode_data_url(image: Image.Image, *, format: str = "PNG") -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, field_validator
 
@@ -59,6 +59,39 @@ class GuardOptions(SettingsModel):
     #: Fetch ``http(s)`` image URLs found in requests, within this policy (an allowlist, SSRF-safe; see
     #: :mod:`grvl_sdk.fetch`). ``None`` (default): image URLs are refused with ``InputError``.
     image_fetch: Any = None
+    #: Latency tier (:mod:`grvl_sdk.tiers`): ``"think"`` (reasoning, then the verdict: the paper's
+    #: protocol), ``"fast"`` (the verdict without reasoning, labels read from their probabilities) or
+    #: ``"auto"`` (fast first, reasoning when the fast answer is uncertain or a rule says so).
+    mode: Literal["think", "fast", "auto"] = "think"
+    #: ``auto``: escalate to reasoning when a fast score lies in ``[low, high]``.
+    auto_band: tuple[float, float] = (0.2, 0.8)
+    #: ``auto``: always reason about inputs with images.
+    auto_escalate_images: StrictBool = False
+    #: ``auto``: ``callback(item, fast_verdict) -> bool``, true to reason about that input.
+    auto_escalate: Callable[..., Any] | None = None
+    #: ``auto``: when the deadline leaves less time than reasoning is expected to take (measured tokens/s),
+    #: ``"fast"`` keeps the fast answer, ``"think"`` tries reasoning anyway (failing closed if too late).
+    auto_short_deadline: Literal["fast", "think"] = "fast"
+    #: ``fast``/``auto``: a fast verdict whose labels hold less probability than this fails (``auto``: escalates).
+    fast_min_label_mass: float = Field(default=0.01, ge=0, le=1, allow_inf_nan=False)
+
+    @field_validator("auto_band", mode="before")
+    @classmethod
+    def _band(cls, value: Any) -> Any:
+        try:
+            low, high = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a pair (low, high) of probabilities") from None
+        if not 0.0 <= low <= high <= 1.0:  # NaN fails too
+            raise ValueError(f"must satisfy 0 <= low <= high <= 1, got {tuple(value)!r}")
+        return (low, high)
+
+    @field_validator("auto_escalate", mode="before")
+    @classmethod
+    def _escalate(cls, value: Any) -> Any:
+        if value is not None and not callable(value):
+            raise ValueError(f"must be a callable (item, fast_verdict) -> bool, got {type(value).__name__}")
+        return value
 
     @field_validator("image_fetch", mode="before")
     @classmethod
@@ -129,3 +162,9 @@ class GuardOptionsKwargs(TypedDict, total=False):
     audit_log: Any
     on_verdict: Callable[..., Any] | Sequence[Callable[..., Any]] | None
     image_fetch: Any
+    mode: Literal["think", "fast", "auto"]
+    auto_band: tuple[float, float]
+    auto_escalate_images: bool
+    auto_escalate: Callable[..., Any] | None
+    auto_short_deadline: Literal["fast", "think"]
+    fast_min_label_mass: float

@@ -27,7 +27,12 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from grvl_sdk._constants import DEFAULT_REFUSAL, DEFAULT_STREAM_CHECK_EVERY
+from grvl_sdk._constants import (
+    DEFAULT_REFUSAL,
+    DEFAULT_STREAM_CHECK_EVERY,
+    DEFAULT_STREAM_CHECK_GROWTH,
+    DEFAULT_STREAM_MAX_CHECKS,
+)
 from grvl_sdk._validation import SettingsModel
 from grvl_sdk.errors import InputError
 from grvl_sdk.verdict import Decision, FailMode, Mode, Verdict
@@ -56,8 +61,15 @@ class Policy(SettingsModel):
     #: Streaming: ``buffer`` holds chunks until a check passes them; ``passthrough`` forwards them at once
     #: and cuts the stream when a check blocks.
     stream_mode: Literal["buffer", "passthrough"] = "buffer"
-    #: Streaming: check the accumulated response every this many characters (and always at the end).
+    #: Streaming: the first check of the accumulated response after this many characters (and always
+    #: one at the end); see :mod:`grvl_sdk.middleware.schedule`.
     stream_check_every: int = Field(default=DEFAULT_STREAM_CHECK_EVERY, ge=1)
+    #: Streaming: each later check once the text grew by ``max(stream_check_every, (growth - 1) ×
+    #: length at the last check)`` characters (``1``: a fixed interval).
+    stream_check_growth: float = Field(default=DEFAULT_STREAM_CHECK_GROWTH, ge=1, allow_inf_nan=False)
+    #: Streaming: at most this many guard generations per streamed choice, the final check included
+    #: (``None``: no cap). Bounds the guard work of a stream of any length.
+    stream_max_checks: int | None = Field(default=DEFAULT_STREAM_MAX_CHECKS, ge=1)
 
     def merged(self, override: PolicyLike | None) -> Policy:
         """This policy with ``override`` applied: a ``Policy`` replaces it, a dict updates some fields."""

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from grvl_sdk.errors import InputError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["GREEDY", "Decoding", "Generation", "GuardInput", "TokenLogprobs"]
+__all__ = ["FAST", "GREEDY", "Decoding", "Generation", "GuardInput", "TokenLogprobs"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,13 @@ class Decoding:
 
     ``n``: outputs per input; ``generate`` then returns ``len(inputs) * n`` generations, the ``n`` of
     input 0 first. ``seed``: for reproducible sampling where the backend supports it.
+
+    ``tier``: ``"think"`` (the paper's protocol: reasoning, then the verdict) or ``"fast"`` (no
+    reasoning: the assistant turn is forced to start with an empty ``<think>`` block and an open
+    ``<result>``, and each label is read from the probabilities of the label tokens; see
+    :mod:`grvl_sdk.protocol.fast`). A fast generation is greedy with ``n == 1`` (the sampling settings
+    are not used); a backend that cannot do it raises
+    :class:`~grvl_sdk.errors.FastModeUnsupportedError`.
     """
 
     temperature: float = 0.0
@@ -55,6 +62,7 @@ class Decoding:
     repetition_penalty: float = 1.0
     n: int = 1
     seed: int | None = None
+    tier: Literal["think", "fast"] = "think"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature < 100 or not 0.0 < self.top_p <= 1.0:
@@ -63,6 +71,10 @@ class Decoding:
             raise InputError(f"top_k must be >= 1 or None, got {self.top_k}")
         if not 0.0 < self.repetition_penalty < 10 or self.n < 1:
             raise InputError(f"need 0 < repetition_penalty < 10 and n >= 1, got {self.repetition_penalty}, {self.n}")
+        if self.tier not in ("think", "fast"):
+            raise InputError(f"tier must be 'think' or 'fast', got {self.tier!r}")
+        if self.tier == "fast" and (self.n != 1 or not self.greedy):
+            raise InputError("a fast-tier generation reads label probabilities: it takes n=1 and temperature=0")
 
     @property
     def greedy(self) -> bool:
@@ -71,6 +83,8 @@ class Decoding:
 
 #: The authors' decoding: what every check uses.
 GREEDY = Decoding()
+#: The fast tier: the verdict without reasoning, labels read from their token probabilities.
+FAST = Decoding(tier="fast")
 
 
 @dataclass(frozen=True)

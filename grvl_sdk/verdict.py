@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from grvl_sdk.errors import GRVLError
 from grvl_sdk.protocol.parsing import Label
 
-__all__ = ["Decision", "ErrorInfo", "FailMode", "Mode", "Stage", "Usage", "Verdict"]
+__all__ = ["Decision", "ErrorInfo", "FailMode", "Mode", "Stage", "TierInfo", "Usage", "Verdict"]
 
 #: What the policy decided: ``allow`` / ``block`` on a judgement, ``error-allowed`` / ``error-blocked``
 #: when the guard could not judge and the fail mode (``on_error``) decided instead.
@@ -54,6 +54,35 @@ class ErrorInfo(BaseModel):
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         code = exc.code if isinstance(exc, GRVLError) else "backend_error"
         return cls(code=code, type=type(exc).__name__, message=str(exc))
+
+
+class TierInfo(BaseModel):
+    """How a ``mode="fast"`` or ``mode="auto"`` verdict was reached (``Verdict.tier``; ``None`` in the
+    default ``mode="think"``). See :mod:`grvl_sdk.tiers`.
+
+    ``path``: which tier answered (``"fast"``: labels read without reasoning; ``"think"``: reasoning).
+    ``escalation``: why ``auto`` wanted reasoning — ``"uncertain"`` (a fast score inside the band),
+    ``"images"``, ``"policy"`` (the ``auto_escalate`` callback), ``"fast_failed"`` — or ``None``;
+    ``skipped``: ``"deadline"`` when it was wanted but the deadline left too little time for reasoning
+    (estimated from measured tokens/s) and the fast answer was kept. Scores are the probability of
+    ``harmful`` from each tier that ran (``None`` where a tier did not run or a part was not judged);
+    ``fast_ms``/``think_ms``: wall time of each tier's generation (milliseconds); ``label_mass``: the
+    fast tier's ``P(harmful) + P(unharmful)`` (how much the model wanted to write a label at all).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["fast", "auto"]
+    path: Literal["fast", "think"]
+    escalation: Literal["uncertain", "images", "policy", "fast_failed"] | None = None
+    skipped: Literal["deadline"] | None = None
+    fast_request_score: float | None = None
+    fast_response_score: float | None = None
+    think_request_score: float | None = None
+    think_response_score: float | None = None
+    fast_ms: float | None = None
+    think_ms: float | None = None
+    label_mass: float | None = None
 
 
 class Verdict(BaseModel):
@@ -103,6 +132,8 @@ class Verdict(BaseModel):
     id: str = Field(default_factory=_new_id)
     call_id: str | None = None
     stage: Stage | None = None
+    #: The latency tier that answered (``GuardOptions.mode`` ``"fast"``/``"auto"``); ``None`` in ``"think"``.
+    tier: TierInfo | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

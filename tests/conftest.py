@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny offline guard per test session, and the shared data folder."""
+"""Shared fixtures: one tiny offline guard per test session (random, and trained on the toy rule), and the
+shared data folder."""
 
 from __future__ import annotations
 
@@ -29,6 +30,27 @@ def tiny_guard(tiny_guard_path: Path):
     from grvl_sdk import Guard
 
     return Guard.from_pretrained(str(tiny_guard_path), device="cpu", max_new_tokens=24)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_guard_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny guard trained on the toy rule of ``grvl_sdk.testing.toy_rule`` ("bomb"/"poison" => harmful).
+
+    Built once per recipe and machine into the build cache (``$GRVL_CACHE_DIR``, else
+    ``~/.cache/grvl-sdk``; 10-40 s on 2 cores the first time), then copied here in well under a second.
+    """
+    pytest.importorskip("transformers")
+    from grvl_sdk.testing import build_tiny_guard
+
+    return build_tiny_guard(tmp_path_factory.mktemp("trained-tiny-guard"), trained=True)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_guard(trained_tiny_guard_path: Path):
+    """A ``Guard`` over the trained tiny checkpoint (fp32, CPU, 64 new tokens), shared: do not mutate it."""
+    from grvl_sdk import Guard
+
+    return Guard.from_pretrained(str(trained_tiny_guard_path), device="cpu", max_new_tokens=64)
 
 
 @pytest.fixture(scope="session")

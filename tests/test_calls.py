@@ -266,7 +266,7 @@ def test_guarded_async_wrap_of_a_streaming_call():
 
 def test_remote_images_are_fetched_only_within_the_guards_fetch_policy():
     from grvl_sdk.fetch import FetchPolicy
-    from tests._fault_server import FaultServer
+    from grvl_sdk.testing.faults import FaultServer
 
     png = base64.b64decode(_png_b64((0, 200, 0)))
     with FaultServer("body", body=png) as server:

@@ -308,7 +308,16 @@ def test_processor_falls_back_without_torchvision(tiny_guard_path, monkeypatch):
     assert processor.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     sentinel = object()
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: sentinel)
+    monkeypatch.setattr(transformers.utils, "is_torchvision_available", lambda: True)
     assert _processor.load_processor(str(tiny_guard_path)) is sentinel
+    # without torchvision AutoProcessor is not tried: the tokenizer is parsed once, not twice
+    monkeypatch.setattr(transformers.utils, "is_torchvision_available", lambda: False)
+    parsed = []
+    tokenizer_load = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: parsed.append(a) or tokenizer_load(*a, **k))  # fmt: skip
+    assert type(_processor.load_processor(str(tiny_guard_path))).__name__ == "QwenVLImageTextProcessor"
+    assert len(parsed) == 1
 
 
 @pytest.mark.parametrize(

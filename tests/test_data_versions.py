@@ -47,6 +47,10 @@ def test_version_rules():
         "synthesis-dropped",
         "training-run",
         "training-metrics",
+        "rl-record",
+        "rl-attempt",
+        "rl-summary",
+        "pipeline-state",
     }
     assert all(parse_version(v) == (1, 0) for v in FORMATS.values())
     assert list(stamp("eval-run", {"a": 1, "version": "0.1"})) == ["version", "a"]
@@ -207,3 +211,46 @@ def test_metrics_lines(tmp_path):
     write_lines(path, [*rows, {"version": FUTURE, "step": 3}])
     with pytest.raises(DataError, match=r"metrics\.jsonl:3: field 'version'"):
         read_metrics(path)
+
+
+# -- the RL stage: RL data, sampling attempts and summaries, pipeline state ------------------------
+
+
+def test_rl_files_carry_their_version_and_newer_ones_are_refused(tmp_path):
+    from grvl_sdk.trainer.augment import augment_data
+    from grvl_sdk.trainer.pipeline import run_pipeline
+    from grvl_sdk.trainer.rl_data import RLSample, load_rl_data, write_rl_data
+    from grvl_sdk.trainer.sampling import sample_hard
+
+    samples = [
+        RLSample.from_training_sample(TrainingSample(request=f"q{i}", request_label="harmful")) for i in range(3)
+    ]
+    data = write_rl_data(samples, tmp_path / "rl" / "train.jsonl")
+    rows = lines(data)
+    assert all(next(iter(r)) == "version" and r["version"] == FORMATS["rl-record"] for r in rows)
+    assert len(load_rl_data(write_lines(data, without_version(rows)))) == 3  # older files: no version
+    write_lines(data, [*rows[:2], {**rows[2], "version": FUTURE}])
+    with pytest.raises(DataError, match=r"train\.jsonl:3: field 'version'.*newer than this grvl-sdk reads"):
+        load_rl_data(data)
+
+    write_lines(data, rows)
+    summary = json.loads(
+        (augment_data(tmp_path / "rl", tmp_path / "aug").train_path.parent / "augment_summary.json").read_text()
+    )
+    assert summary["version"] == FORMATS["rl-summary"]
+
+    sampled = tmp_path / "sampled"
+    sampled.mkdir()
+    write_lines(sampled / "attempts.jsonl", [{"version": FUTURE, "id": "x", "attempts": []}])
+    with pytest.raises(DataError, match=r"attempts\.jsonl:1: field 'version'"):
+        sample_hard([], sampled, progress=False)  # resuming reads the finished samples first
+
+    pytest.importorskip("yaml")
+    run = tmp_path / "pipeline"
+    run.mkdir()
+    (run / "pipeline_state.json").write_text(json.dumps({"version": FUTURE, "stages": {}}))
+    with pytest.raises(DataError, match=r"pipeline_state\.json.*newer than this grvl-sdk reads"):
+        run_pipeline({"output_dir": str(run), "train_data": ["x.jsonl"]})
+    (run / "pipeline_state.json").write_text("{torn")
+    with pytest.raises(DataError, match="unreadable pipeline state"):
+        run_pipeline({"output_dir": str(run), "train_data": ["x.jsonl"]})

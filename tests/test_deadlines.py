@@ -15,7 +15,7 @@ import pytest
 from grvl_sdk import Guard, Verdict
 from grvl_sdk.backends.remote import MAX_RESPONSE_BYTES
 from grvl_sdk.testing import ScriptedBackend, guard_output
-from tests._fault_server import FaultServer, completion
+from grvl_sdk.testing.faults import FaultServer, completion
 
 DEADLINE = 0.5
 #: Allowed lateness on a loaded 2-core CI machine (measured overshoot is a few milliseconds).

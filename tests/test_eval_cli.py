@@ -129,7 +129,7 @@ def test_cli_errors_and_list(tmp_path, capsys):
 def test_run_against_a_guard_server(tiny_guard, benchmark_dir, tmp_path, capsys):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    from grvl_sdk.testing_server import LoopbackServer
+    from grvl_sdk.testing.server import LoopbackServer
 
     out = tmp_path / "remote"
     with LoopbackServer(tiny_guard.backend) as server:

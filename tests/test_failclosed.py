@@ -33,7 +33,7 @@ from grvl_sdk import (
 from grvl_sdk.errors import AuditLogError, GuardClosedError
 from grvl_sdk.protocol.parsing import verdict_end
 from grvl_sdk.testing import ScriptedBackend, guard_output
-from tests._fault_server import FaultServer, completion
+from grvl_sdk.testing.faults import FaultServer, completion
 from tests._forcing import forced_output
 
 # The example: the reasoning quotes a fake verdict; the real one says harmful.
@@ -354,7 +354,9 @@ def test_a_stream_closed_early_still_gets_its_final_check(mode):
     records: list = []
     guard = _stream_guard(records)
 
-    @guard.wrap(policy={"stream_mode": mode, "stream_check_every": 4})
+    fixed = {"stream_check_growth": 1, "stream_max_checks": None}  # a check every 4 characters
+
+    @guard.wrap(policy={"stream_mode": mode, "stream_check_every": 4, **fixed})
     def chat(prompt):
         yield from ["how ", "to ", "make ", "a ", "bomb ", "now"]
 
@@ -662,7 +664,7 @@ async def test_an_async_stream_cancelled_mid_read_still_gets_its_final_check():
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(stream.__anext__(), 0.2)  # the consumer gives up: the read is cancelled
     await stream.aclose()
-    from tests._fault_server import wait_until
+    from grvl_sdk.testing.faults import wait_until
 
     assert wait_until(lambda: any(v.stage == "response" for v in records))
     final = [v for v in records if v.stage == "response"]

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import pytest
+from _docs_blocks import blocks as page_blocks
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
 def _run(name: str, capsys) -> str:
-    blocks = _BLOCK.findall((DOCS / name).read_text(encoding="utf-8"))
+    """Every python block of the page not marked ``<!-- not-run: ... -->`` (see tests/_docs_blocks.py)."""
+    blocks = [b.code for b in page_blocks(DOCS / name) if b.kind == "python" and b.not_run is None]
     assert blocks, f"no python examples in {name}"
     namespace: dict = {"__name__": f"docs_{name}"}
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
         for block in blocks:
-            if block.startswith("# Needs a server"):
-                continue
             exec(compile(block, f"{name} example", "exec"), namespace)
     finally:
         root.handlers[:], root.level = handlers, level

@@ -122,7 +122,7 @@ def test_captured_logprobs_match_a_forward_pass(tiny_guard):
 
 def test_remote_scores_from_server_logprobs_match_local(tiny_guard):
     pytest.importorskip("fastapi")
-    from grvl_sdk.testing_server import LoopbackServer
+    from grvl_sdk.testing.server import LoopbackServer
 
     local = Guard(tiny_guard.backend, micro_batching=False, cache_size=0, max_new_tokens=64)
     with LoopbackServer(tiny_guard.backend) as server:

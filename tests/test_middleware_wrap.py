@@ -283,7 +283,9 @@ def test_stream_buffer_mode_releases_nothing_unchecked():
 
 
 def test_stream_passthrough_is_cut_when_a_check_blocks():
-    guard = _guard(policy={"stream_mode": "passthrough", "stream_check_every": 5})
+    # a fixed interval (growth 1, no cap): every chunk past 5 characters is checked
+    fixed = {"stream_check_growth": 1, "stream_max_checks": None}
+    guard = _guard(policy={"stream_mode": "passthrough", "stream_check_every": 5, **fixed})
     source_closed = []
 
     def stream(prompt: str):
@@ -331,7 +333,8 @@ def test_sync_function_returning_a_stream_of_openai_chunks():
 
 
 async def test_async_generator_streams():
-    guard = _guard(policy={"stream_mode": "passthrough", "stream_check_every": 4})
+    fixed = {"stream_check_growth": 1, "stream_max_checks": None}
+    guard = _guard(policy={"stream_mode": "passthrough", "stream_check_every": 4, **fixed})
     started = []
 
     @guard.wrap

@@ -36,7 +36,7 @@ FAST_RETRIES = {"backoff_base": 0.001, "backoff_max": 0.01}
 
 @pytest.fixture(scope="module")
 def server(tiny_guard):
-    from grvl_sdk.testing_server import LoopbackServer
+    from grvl_sdk.testing.server import LoopbackServer
 
     with LoopbackServer(tiny_guard.backend) as running:
         yield running

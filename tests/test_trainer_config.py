@@ -82,7 +82,9 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     config = RSFTConfig.preset("3b", method="lora", train_data=[{"path": "a.csv", "columns": {"request": "q"}}])
     path = tmp_path / "rsft.yaml"
     path.write_text(config.to_yaml(), encoding="utf-8")
-    assert RSFTConfig.from_yaml(path) == config
+    # Relative paths in a file are relative to its folder.
+    in_folder = {"train_data": [{"path": str(tmp_path / "a.csv"), "columns": {"request": "q"}}]}
+    assert RSFTConfig.from_yaml(path) == config.replace(**in_folder, output_dir=str(tmp_path / config.output_dir))
     assert RSFTConfig.from_yaml(path, learning_rate=1e-4).learning_rate == 1e-4
     path.write_text("- just\n- a list\n", encoding="utf-8")
     with pytest.raises(TrainingConfigError, match="mapping"):

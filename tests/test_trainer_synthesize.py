@@ -167,8 +167,9 @@ def test_correct_teacher_keeps_everything_as_loadable_records(tmp_path, samples)
             assert got.request_label == original.request_label
         assert got.response_label == original.response_label
     assert loaded["joke"].request_label == "unharmful"  # the teacher's call where gold had none
-    # A path image stays where it is; an in-memory image is saved beside the records.
-    assert loaded["cat"].images[0] == str((tmp_path / "cat.png").resolve())
+    # Every image is in images/ beside the records (a file linked or copied, an in-memory image saved as PNG).
+    assert Path(loaded["cat"].images[0]).parent == out / "images"
+    assert Path(loaded["cat"].images[0]).read_bytes() == (tmp_path / "cat.png").read_bytes()
     assert Path(loaded["red"].images[0]).parent == out / "images"
     assert Image.open(loaded["red"].images[0]).getpixel((0, 0)) == (250, 0, 0)
     record = json.loads((out / "records.jsonl").read_text().splitlines()[0])
@@ -381,3 +382,50 @@ def test_resume_reads_records_holding_unicode_line_separators(tmp_path):
     rows = [{"id": "a", "reasoning": "one\u2028two\u2029three\x85four"}, {"id": "b", "reasoning": "plain"}]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert _repair_and_read(path) == {"a", "b"}
+
+
+def test_a_synthesis_folder_is_self_contained_moves_and_reads_back(tmp_path, samples, capsys):
+    """Records name their images relative to the file (copied into images/), so the folder can move; `grvl
+    train summary OUT/` reads it (dropped.jsonl skipped); a sample kept by --retry-dropped leaves dropped.jsonl."""
+    import shutil
+
+    from grvl_sdk.cli import main as grvl
+    from grvl_sdk.errors import DataError
+    from grvl_sdk.trainer import load_data
+
+    odd = TrainingSample(request=None, images=(str(tmp_path / "cat.png"),), request_label="harmful", id="x/../y z")
+    data = [*samples, odd]
+
+    def refuse_cake(body, seen, total):
+        request, response = gold_of(body)
+        return 200, answer(flip(request) if "Bake a cake" in json.dumps(body) else request, response)
+
+    out = tmp_path / "synth"
+    with FakeTeacher(refuse_cake) as teacher:
+        report = run(data, out, teacher, max_attempts=1)
+    assert (report.kept, report.dropped) == (5, 1)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    images = [path for record in records for path in record["images"]]
+    assert len(images) == 3 and all(p.startswith("images/") and (out / p).is_file() for p in images)
+    assert all(len(Path(p).parts) == 2 and Path(p).name not in (".", "..") for p in images)  # odd ids: safe names
+
+    assert grvl(["train", "summary", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 5
+    with pytest.raises(DataError, match="not training data"):
+        load_data(out / "dropped.jsonl")
+
+    with FakeTeacher(correct) as teacher:
+        report = run(data, out, teacher, retry_dropped=True)
+    assert (report.kept, report.skipped) == (1, 5)
+    assert "cake" not in (out / "dropped.jsonl").read_text()
+    with FakeTeacher(refuse_cake) as teacher:  # dropped again and again: one line per sample
+        run([samples[1]], tmp_path / "again", teacher, max_attempts=1)
+        run([samples[1]], tmp_path / "again", teacher, max_attempts=1, retry_dropped=True)
+    assert len((tmp_path / "again" / "dropped.jsonl").read_text().splitlines()) == 1
+
+    moved = tmp_path / "gpu-box" / "synth"
+    shutil.move(str(out), moved)
+    (tmp_path / "cat.png").unlink()
+    loaded = load_data(moved)
+    assert len(loaded) == 6
+    assert {Path(i).parent for s in loaded for i in s.images if isinstance(i, str)} == {moved / "images"}

@@ -45,11 +45,14 @@ def _is_cached(model_id: str, revision: str | None, cache_dir: str | None) -> bo
         return False
 
 
-def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str | None = None) -> tuple[str, bool]:
+def resolve_model(
+    model_id: str, *, revision: str | None = None, cache_dir: str | None = None, advice: str | None = None
+) -> tuple[str, bool]:
     """Check that ``model_id`` can be loaded before loading it; returns (id, local_files_only).
 
     Fails fast with :class:`ModelLoadError` when the id is a missing folder, or a hub id that is
-    neither cached nor downloadable (no network): the message says how to pass a local path.
+    neither cached nor downloadable (no network): the message says how to pass a local path —
+    ``advice`` when given (the caller's own way: a CLI flag, a config field), else the guard's ways.
     """
     if not isinstance(model_id, str) or not model_id.strip():
         raise ModelLoadError("model id must be a non-empty string (a hub id or a local folder)")
@@ -74,9 +77,13 @@ def resolve_model(model_id: str, *, revision: str | None = None, cache_dir: str 
     if not _hub_reachable():
         raise ModelLoadError(
             f"cannot load model {model_id!r}: it is not in the local Hugging Face cache and the hub cannot be "
-            f"reached (no network). Pass a local checkpoint folder instead: `--model /path/to/model` on the "
-            f"command line, {MODEL_ENV_VAR}=/path/to/model in the environment, or "
-            f"Guard.from_pretrained('/path/to/model') in Python.",
+            "reached (no network). "
+            + (
+                advice
+                or f"Pass a local checkpoint folder instead: `--model /path/to/model` on the command line, "
+                f"{MODEL_ENV_VAR}=/path/to/model in the environment, or Guard.from_pretrained('/path/to/model') "
+                "in Python."
+            ),
             model=model_id,
         )
     return model_id, False

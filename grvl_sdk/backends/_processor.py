@@ -51,10 +51,15 @@ def _image_text_processor_class() -> type:
 def load_processor(model_id: str, **hub_kwargs: Any) -> Any:
     """Load the model's processor; fall back to an image+text processor when torchvision is unusable."""
     transformers = require("transformers", extra="local")
-    try:
-        return transformers.AutoProcessor.from_pretrained(model_id, **hub_kwargs)
-    except (ImportError, RuntimeError, AttributeError) as exc:
-        logger.info("AutoProcessor unavailable (%s); using the image+text processor without video support", exc)
+    from transformers.utils import is_torchvision_available
+
+    # Without torchvision AutoProcessor parses the tokenizer, then fails on the video slot: go straight
+    # to the fallback so a 151k-token tokenizer is parsed once, not twice.
+    if is_torchvision_available():
+        try:
+            return transformers.AutoProcessor.from_pretrained(model_id, **hub_kwargs)
+        except (ImportError, RuntimeError, AttributeError) as exc:
+            logger.info("AutoProcessor unavailable (%s); using the image+text processor without video support", exc)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
     image_processor = transformers.AutoImageProcessor.from_pretrained(model_id, **hub_kwargs)
     chat_template = getattr(tokenizer, "chat_template", None)

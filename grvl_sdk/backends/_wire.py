@@ -42,12 +42,13 @@ def neutralise(text: str | None) -> str | None:
     return None if text is None else _SPECIAL.sub("<\u200b|", text)
 
 
-def data_url(image: Image.Image, image_format: str) -> str:
+def data_url(image: Image.Image, image_format: str, jpeg_quality: int = 95) -> str:
+    """``image`` as a ``data:`` URL: PNG (lossless, fast compression) or JPEG at ``jpeg_quality`` (1-100)."""
     buffer = io.BytesIO()
     if image_format == "PNG":
         image.save(buffer, format="PNG", compress_level=1)
     else:
-        image.save(buffer, format="JPEG", quality=95)
+        image.save(buffer, format="JPEG", quality=jpeg_quality)
     return f"data:image/{image_format.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 

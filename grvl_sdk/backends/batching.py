@@ -7,8 +7,11 @@ Callers :meth:`MicroBatcher.submit` one input and get a ``concurrent.futures.Fut
 thread takes the oldest pending input and runs it together with the others pending (up to
 ``max_batch_size``); inputs that arrive while a batch runs are taken together by the next one. When
 checks have been concurrent recently (within :data:`CONCURRENCY_WINDOW_S`), the worker also waits up
-to ``max_wait_ms`` after the oldest input for others to join; a lone check on an idle guard is
-dispatched at once and pays no wait. Inputs with different ``max_new_tokens`` never share a batch.
+to ``max_wait_ms`` after the oldest input for others to join. On an idle guard the worker waits
+:data:`IDLE_GRACE` × ``max_wait_ms`` for a second input: if one comes, a burst is forming and the
+normal window applies, so a burst of concurrent callers after an idle period stays one batch (not
+``[1, 7]``); a lone check pays only that grace (0.5 ms at the default 2 ms). Inputs with different
+``max_new_tokens`` never share a batch.
 Results are routed back through each caller's own future; when a batch fails, its inputs are retried
 one by one so one bad input cannot fail the others (:func:`generate_isolated`, also used by
 ``Guard.check_batch``).
@@ -40,6 +43,9 @@ logger = logging.getLogger("grvl_sdk")
 
 #: Seconds during which past concurrency makes the worker wait ``max_wait_ms`` for companions.
 CONCURRENCY_WINDOW_S = 1.0
+
+#: Share of ``max_wait_ms`` a check on an idle guard waits for a second one (a burst forming).
+IDLE_GRACE = 0.25
 
 #: ``run(inputs, max_new_tokens, deadline)`` generates one output per input, in order.
 RunBatch = Callable[[Sequence[GuardInput], int, "float | None"], list[Generation]]
@@ -143,6 +149,11 @@ class MicroBatcher:
                 return None
             first = self._pending[0]
             recent = first.enqueued - self._last_concurrent < CONCURRENCY_WINDOW_S
+            if not recent and len(self._pending) == 1 and not self._closed:  # idle: is a burst forming?
+                grace = first.enqueued + self.max_wait * IDLE_GRACE - time.monotonic()
+                if grace > 0:
+                    self._cond.wait(grace)  # submit() notifies: wakes at the second arrival
+                recent = len(self._pending) > 1
             while recent and len(self._pending) < self.max_batch_size and not self._closed:
                 remaining = first.enqueued + self.max_wait - time.monotonic()
                 if remaining <= 0:

@@ -145,7 +145,7 @@ class LocalBackend(Backend):
     def _collect_label_triggers(self) -> frozenset[int]:
         """Tokens after which a label may start: text ending in ``:`` or ``*``, or only whitespace."""
         ids = range(len(self.tokenizer))
-        texts = self.tokenizer.batch_decode([[i] for i in ids])
+        texts = _decode_each(self.tokenizer, ids)
         return frozenset(
             i
             for i, text in zip(ids, texts, strict=True)
@@ -214,11 +214,17 @@ class LocalBackend(Backend):
         decoding: Decoding = GREEDY,
     ) -> list[Generation]:
         """Generate ``decoding.n`` outputs per input (input-major). ``deadline`` (a ``time.monotonic()``
-        value) stops generation and raises :class:`DeadlineExceededError` once passed."""
+        value) stops generation and raises :class:`DeadlineExceededError` once passed.
+        ``decoding.tier == "fast"``: the verdict without reasoning, labels read from the logits
+        (:mod:`grvl_sdk.backends._fast_local`)."""
         if self.model is None:
             raise GuardClosedError("the local backend is closed (its model was released)")
         if not inputs:
             return []
+        if decoding.tier == "fast":
+            from grvl_sdk.backends._fast_local import FastScorer
+
+            return FastScorer.of(self).score(inputs, deadline=deadline)
         batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
         return self.generate_encoded(batch, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding)
 
@@ -379,6 +385,16 @@ class LocalBackend(Backend):
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
+
+
+def _decode_each(tokenizer: Any, ids: range) -> list[str]:
+    """Each id decoded alone (what ``tokenizer.batch_decode([[i] for i in ids])`` gives). A fast
+    tokenizer that does not clean up spaces is decoded by its Rust backend directly: the same texts,
+    without the per-id Python work (3-4x faster over a 151k vocabulary)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return list(backend.decode_batch([[i] for i in ids], skip_special_tokens=False))
+    return list(tokenizer.batch_decode([[i] for i in ids]))
 
 
 def _resolve_dtype(torch: Any, dtype: Any, device: str) -> Any:

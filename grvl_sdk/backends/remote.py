@@ -56,6 +56,7 @@ from grvl_sdk._constants import (
     DEFAULT_WRITE_TIMEOUT,
     SCORE_TOP_K,
 )
+from grvl_sdk._threads import to_daemon_thread
 from grvl_sdk.backends._loops import LoopClients
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
 from grvl_sdk.backends._wire import (
@@ -100,7 +101,8 @@ class RemoteBackend(Backend):
     """Talks to an OpenAI-compatible server hosting a GuardReasoner-VL model.
 
     ``base_url`` is the API root as for the OpenAI client (e.g. ``http://localhost:8000/v1``);
-    ``model`` the served model name. ``timeout`` is seconds for every phase or an ``httpx.Timeout``.
+    ``model`` the served model name. ``api_key`` is sent as a bearer token; ``None`` reads
+    ``$GRVL_API_KEY``, ``""`` sends none. ``timeout`` is seconds for every phase or an ``httpx.Timeout``.
     ``min_pixels``/``max_pixels``: every image is resized to Qwen2.5-VL's grid within these bounds
     before sending, exactly as the local backend does (``max_pixels=None``: images are sent as they
     are, and the server's own bounds apply). ``send_pixel_bounds`` also sends them as
@@ -126,6 +128,7 @@ class RemoteBackend(Backend):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         send_pixel_bounds: bool = False,
         image_format: str = "PNG",
+        jpeg_quality: int = 95,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -140,6 +143,7 @@ class RemoteBackend(Backend):
         for name, value, low in (
             ("max_retries", max_retries, 0), ("breaker_threshold", breaker_threshold, 0),
             ("max_connections", max_connections, 1), ("score_top_k", score_top_k, 0), ("min_pixels", min_pixels, 1),
+            ("jpeg_quality", jpeg_quality, 1),
         ):  # fmt: skip
             _check_int(name, value, low)
         if max_pixels is not None:
@@ -165,6 +169,9 @@ class RemoteBackend(Backend):
         self.max_pixels = max_pixels
         self.send_pixel_bounds = send_pixel_bounds
         self.image_format = image_format.upper()
+        if jpeg_quality > 100:
+            raise InputError(f"jpeg_quality must be 1 to 100, got {jpeg_quality}", field="jpeg_quality")
+        self.jpeg_quality = jpeg_quality
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s)
         self.extra_body = {**_DECODING_DEFAULTS, **(extra_body or {})}
@@ -181,7 +188,7 @@ class RemoteBackend(Backend):
                 write=DEFAULT_WRITE_TIMEOUT,
                 pool=DEFAULT_POOL_TIMEOUT,
             )
-        key = api_key or os.environ.get(API_KEY_ENV_VAR)
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV_VAR)  # api_key="": none sent
         # Answers uncompressed: a compressed body is refused, so no decompression bomb can be sent back.
         self._headers = {"content-type": "application/json", "accept-encoding": "identity", **(headers or {})}
         if key:
@@ -198,7 +205,9 @@ class RemoteBackend(Backend):
 
     @property
     def cache_settings(self) -> str:
-        return f"remote:{self.base_url}:{self.min_pixels}:{self.max_pixels}:{self.image_format}"
+        return f"remote:{self.base_url}:{self.min_pixels}:{self.max_pixels}:{self.image_format}" + (
+            f":q{self.jpeg_quality}" if self.image_format == "JPEG" else ""
+        )
 
     @property
     def image_bounds(self) -> tuple[int, int] | None:
@@ -212,7 +221,7 @@ class RemoteBackend(Backend):
             image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
             for image in item.images
         ]
-        urls = [data_url(image, self.image_format) for image in images]
+        urls = [data_url(image, self.image_format, self.jpeg_quality) for image in images]
         messages = build_messages(
             neutralise(item.text),
             neutralise(item.response),
@@ -268,8 +277,8 @@ class RemoteBackend(Backend):
         snippet = content[:300].decode("utf-8", "replace")
         hint = ""
         if status == 404 and not self.base_url.rstrip("/").endswith("/v1"):
-            hint = f" (is the '/v1' missing from base_url? the server was asked at {self.url})"
-        error = RemoteBackendError(f"guard server answered HTTP {status}{hint}: {snippet}", status_code=status)
+            hint = f"; is the '/v1' missing from base_url? The server was asked at {self.url}"
+        error = RemoteBackendError(f"guard server answered HTTP {status}: {snippet}{hint}", status_code=status)
         if status in _RETRY_STATUS:
             raise _Retryable(error, retry_after(headers))
         raise error
@@ -356,15 +365,29 @@ class RemoteBackend(Backend):
         deadline: float | None = None,
         decoding: Decoding = GREEDY,
     ) -> list[Generation]:
-        """One request per input (``n`` choices each); a batch is sent concurrently over the pool."""
+        """One request per input (``n`` choices each); a batch is sent concurrently over the pool.
+        ``decoding.tier == "fast"``: assistant-prefix continuations with ``max_tokens=1`` and
+        ``logprobs`` (:mod:`grvl_sdk.backends._fast_remote`; a server that cannot do them raises
+        :class:`~grvl_sdk.errors.FastModeUnsupportedError`)."""
+        if decoding.tier == "fast":
+            from grvl_sdk.backends._fast_remote import fast_generate_one
+
+            if self._closed:
+                raise GuardClosedError("the remote backend is closed")
+            if len(inputs) <= 1:
+                return [fast_generate_one(self, item, deadline) for item in inputs]
+            return list(self._worker_pool().map(lambda item: fast_generate_one(self, item, deadline), inputs))
         bodies = self._bodies(inputs, max_new_tokens, decoding)
         if len(bodies) <= 1:
             return [g for body in bodies for g in self._post(body, deadline, decoding.n)]
+        results = self._worker_pool().map(lambda body: self._post(body, deadline, decoding.n), bodies)
+        return [g for generations in results for g in generations]
+
+    def _worker_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self._max_connections, thread_name_prefix="grvl-remote")
-        results = self._pool.map(lambda body: self._post(body, deadline, decoding.n), bodies)
-        return [g for generations in results for g in generations]
+            return self._pool
 
     # -- async -------------------------------------------------------------------------------
     async def _asend(
@@ -421,7 +444,12 @@ class RemoteBackend(Backend):
         deadline: float | None = None,
         decoding: Decoding = GREEDY,
     ) -> list[Generation]:
-        """Async twin of :meth:`generate` (native ``httpx.AsyncClient``, requests sent concurrently)."""
+        """Async twin of :meth:`generate` (native ``httpx.AsyncClient``, requests sent concurrently; the
+        fast tier runs :meth:`generate` on a worker thread)."""
+        if decoding.tier == "fast":
+            return await to_daemon_thread(
+                self.generate, inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding
+            )
         if any(item.images for item in inputs):  # image encoding is CPU work: keep it off the event loop
             bodies = await asyncio.to_thread(self._bodies, inputs, max_new_tokens, decoding)
         else:
@@ -441,7 +469,7 @@ class RemoteBackend(Backend):
                 f"guard server unreachable at {self.base_url}: {type(exc).__name__}: {exc}"
             ) from exc
         if response.status_code != 200:
-            hint = " (is the '/v1' missing from base_url?)" if response.status_code == 404 else ""
+            hint = "; is the '/v1' missing from base_url?" if response.status_code == 404 else ""
             raise RemoteBackendError(
                 f"guard server at {self.base_url} answered HTTP {response.status_code} to GET /models{hint}",
                 status_code=response.status_code,

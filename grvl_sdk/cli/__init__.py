@@ -11,7 +11,7 @@ from grvl_sdk import __version__
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules; each exposes ``register(subparsers)`` that sets ``func`` on its parser.
-_COMMANDS = ("grvl_sdk.cli.check", "grvl_sdk.cli.tiny", "grvl_sdk.cli.eval", "grvl_sdk.cli.train")
+_COMMANDS = ("grvl_sdk.cli.check", "grvl_sdk.cli.tiny", "grvl_sdk.cli.eval", "grvl_sdk.cli.train", "grvl_sdk.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. ``argv=None`` reads ``sys.argv``: the command owns the process (the ``grvl`` script,
+    ``python -m grvl_sdk.cli``), so it may change process-wide state (``args.owns_process``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    args.owns_process = argv is None
     return int(args.func(args) or 0)
 
 

@@ -102,6 +102,13 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="the GuardReasoner-VLTest image folder for HarmImageTest/SPA_VL_Eval (default: the test file's folder)",
     )
+    run.add_argument(
+        "--mode",
+        choices=["think", "fast", "auto"],
+        default="think",
+        help="latency tier: think (reasoning, the paper's protocol; default), fast (the verdict without "
+        "reasoning) or auto (fast, reasoning when uncertain); compare tiers with --compare on their folders",
+    )
     run.add_argument("--compare", action="append", default=[], metavar="X", help=_COMPARE_HELP)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -134,6 +141,20 @@ def register(subparsers: Any) -> None:
     score.add_argument("--compare", action="append", default=[], metavar="X", help=_COMPARE_HELP)
     score.add_argument("--json", action="store_true", help='print {"results": [...], "weighted_f1": ...}')
     score.set_defaults(func=_score)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="pick mode='auto''s band from a fast and a think results folder of the same benchmarks",
+        description="Simulates mode='auto' for every band [0.5-w, 0.5+w] from the predictions of a --mode fast "
+        "and a --mode think run (no model is run) and picks the narrowest band whose F1 is within --max-f1-drop "
+        "points of the think run's.",
+    )
+    calibrate.add_argument("fast", metavar="FAST_RESULTS", help="results folder of `grvl eval run --mode fast`")
+    calibrate.add_argument("think", metavar="THINK_RESULTS", help="results folder of `grvl eval run --mode think`")
+    calibrate.add_argument("--max-f1-drop", type=float, default=1.0, help="F1 points below think allowed (default 1)")
+    calibrate.add_argument("--step", type=float, default=0.01, help="band width step (default 0.01)")
+    calibrate.add_argument("--json", action="store_true", help="print the choice and every band tried as JSON")
+    calibrate.set_defaults(func=_calibrate)
 
     report = sub.add_parser("report", help="re-write a results folder's reports (markdown printed)")
     report.add_argument("results", metavar="RESULTS", help="a results folder (or its results.json)")
@@ -182,6 +203,7 @@ def _load_guard(args: argparse.Namespace) -> Any:
             "max_new_tokens": args.max_new_tokens,
             "min_pixels": args.min_pixels,
             "max_pixels": args.max_pixels,
+            "mode": args.mode,
         }
         if args.model:
             kwargs["model"] = args.model
@@ -197,6 +219,7 @@ def _load_guard(args: argparse.Namespace) -> Any:
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         max_new_tokens=args.max_new_tokens,
+        mode=args.mode,
     )
 
 
@@ -218,6 +241,22 @@ def _score_json(summary: Any) -> dict[str, Any]:
     }
 
 
+def _resume_refusal(args: argparse.Namespace, settings: dict[str, Any]) -> str | None:
+    """Why ``--out`` cannot be resumed with these settings (with the CLI's advice), or ``None``."""
+    from grvl_sdk.eval.runner import resume_conflicts, resume_error
+
+    if args.no_resume:
+        return None
+    try:
+        changes = resume_conflicts(args.out, settings)
+    except GRVLError as exc:
+        return exc.message
+    if not changes:
+        return None
+    advice = "give another --out folder, or add --no-resume to start over in this one (its results are dropped)"
+    return resume_error(args.out, changes, advice).message
+
+
 def _run(args: argparse.Namespace) -> int:
     from grvl_sdk.eval.formats import load_benchmark
     from grvl_sdk.eval.report import settings_line, write_reports
@@ -233,12 +272,25 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(exc.message)
     if args.max_new_tokens < 1 or args.min_pixels < 1 or args.max_pixels < args.min_pixels:
         return _fail("need --max-new-tokens >= 1 and 1 <= --min-pixels <= --max-pixels")
-    meta = {"max_new_tokens": args.max_new_tokens, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+    meta = {
+        "max_new_tokens": args.max_new_tokens,
+        "min_pixels": args.min_pixels,
+        "max_pixels": args.max_pixels,
+        "mode": args.mode,
+    }
+    model = None if args.server else args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+    refusal = _resume_refusal(args, {"model": model, **meta} if model else meta)  # before loading anything
+    if refusal:
+        return _fail(refusal)
     print(settings_line(meta), file=sys.stderr, flush=True)
     try:
         guard = _load_guard(args)
         if args.server:  # a dead server is no terrible model: say so before running anything
             guard.backend.list_models()
+            refusal = _resume_refusal(args, {"model": guard.model_id, **meta})
+            if refusal:
+                guard.close()
+                return _fail(refusal)
     except (ModelLoadError, MissingDependencyError) as exc:
         return _fail(exc.message, EXIT_LOAD)
     except GRVLError as exc:
@@ -273,7 +325,7 @@ def _run(args: argparse.Namespace) -> int:
     written = write_reports(summary, args.out, compare)
     _print_summary(summary, args.json, compare)
     failed, first = summary.meta.get("failed_this_call") or 0, summary.meta.get("first_error")
-    print(f"Failed checks: {failed}" + (f" (first: {first})" if first else ""), file=sys.stderr)
+    print(f"Failed checks: {failed}" + (f"; first error: {first}" if first else ""), file=sys.stderr)
     print(f"Results: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     return EXIT_OK
 
@@ -285,6 +337,33 @@ def _print_summary(summary: Any, as_json: bool, compare: list[Any]) -> None:
         print(json.dumps(_score_json(summary), indent=2))
     else:
         print(render_markdown(summary, compare))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from grvl_sdk.eval.calibrate import calibrate_band
+
+    try:
+        chosen, think, tried = calibrate_band(args.fast, args.think, max_f1_drop=args.max_f1_drop, step=args.step)
+    except GRVLError as exc:
+        return _fail(exc.message)
+    if args.json:
+        print(json.dumps({"chosen": asdict(chosen), "think": asdict(think), "tried": [asdict(b) for b in tried]}))
+        return EXIT_OK
+
+    def line(name: str, band: Any) -> str:
+        latency = "-" if band.mean_latency_ms is None else f"{band.mean_latency_ms:.1f}"
+        span = f"[{band.low:.2f}, {band.high:.2f}]"
+        return f"| {name} | {span} | {band.f1:.1f} | {100 * band.escalated:.1f}% | {latency} |"
+
+    print("| run | band | F1 | escalated | ms/sample |\n|---|---|---|---|---|")
+    print(line("narrowest", tried[0]))
+    print(line("auto (chosen)", chosen))
+    print(line("think", think))
+    print(f"\nGuard(..., mode='auto', auto_band=({chosen.low}, {chosen.high}))  "
+          f"# F1 within {args.max_f1_drop} point(s) of think")  # fmt: skip
+    return EXIT_OK
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -15,6 +15,10 @@ format                   version    files
 ``synthesis-dropped``    1.0        ``dropped.jsonl`` lines (``synthesize``)
 ``training-run``         1.0        ``rsft_config.yaml`` and ``data_summary.json`` of a run folder
 ``training-metrics``     1.0        ``metrics.jsonl`` lines of a run folder
+``rl-record``            1.0        ``train.jsonl`` / ``validation.jsonl`` lines of RL data
+``rl-attempt``           1.0        ``attempts.jsonl`` lines of rejection sampling (read on resume)
+``rl-summary``           1.0        ``sampling_summary.json`` / ``augment_summary.json``
+``pipeline-state``       1.0        ``pipeline_state.json`` of a training pipeline run folder
 =======================  =========  =========================================================
 """
 
@@ -39,6 +43,10 @@ FORMATS: dict[str, str] = {
     "synthesis-dropped": "1.0",
     "training-run": "1.0",
     "training-metrics": "1.0",
+    "rl-record": "1.0",
+    "rl-attempt": "1.0",
+    "rl-summary": "1.0",
+    "pipeline-state": "1.0",
 }
 _VERSION = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*$")
 

@@ -53,6 +53,9 @@ class PredictionRecord:
     latency_ms: float | None = None
     batch_size: int | None = None
     defaulted: bool = False
+    #: The guard's probability of ``harmful`` at this task's label (``Verdict.request_score`` or
+    #: ``response_score``); ``None`` without log-probabilities. ``grvl eval calibrate`` reads it.
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: its fields, with the format ``version`` first."""

@@ -26,6 +26,7 @@ from grvl_sdk.eval.scoring import AVG_ALL, AVG_TEXT, RESULTS_FORMAT, EvalSummary
 
 __all__ = [
     "ResultRow",
+    "f1_figure",
     "load_compare",
     "load_published",
     "load_summary",
@@ -34,6 +35,7 @@ __all__ = [
     "render_markdown",
     "row_from_summary",
     "settings_line",
+    "short_model_name",
     "sources_section",
     "write_reports",
 ]
@@ -52,16 +54,48 @@ class ResultRow:
     source: str = ""
     #: Per-benchmark task, for benchmarks not in the registry.
     tasks: dict[str, str] = field(default_factory=dict)
+    #: Per-benchmark modality (``"text"``, ``"image"``, ``"text-image"``) of a run's rows; empty for
+    #: published rows, whose averages cover the paper's full sets.
+    modalities: dict[str, str] = field(default_factory=dict)
+
+    def partial_averages(self, task: str) -> dict[str, tuple[int, int, int]]:
+        """``{column: (covered, of, others)}`` for each average of ``task`` that is not over the paper's
+        full set of benchmarks: ``covered`` of the paper's ``of`` sets are in it, and ``others`` sets
+        that are not the paper's. Published rows are full: ``{}``."""
+        if not self.modalities:
+            return {}
+        out: dict[str, tuple[int, int, int]] = {}
+        mine = [name for name in self.f1 if self.tasks.get(name) == task]
+        for col in AVG_COLUMNS:
+            paper = {b.name for b in paper_benchmarks(task) if col == AVG_ALL or b.modality == "text"}  # type: ignore[arg-type]
+            used = {name for name in mine if col == AVG_ALL or self.modalities.get(name) == "text"}
+            if used and used != paper:
+                out[col] = (len(used & paper), len(paper), len(used - paper))
+        return out
+
+
+def short_model_name(model: str) -> str:
+    """The name a table shows for a model: the last component of a path or hub id
+    (``runs/my-guard`` → ``my-guard``; a ``checkpoint-N`` folder keeps its parent:
+    ``runs/my-guard/checkpoint-200`` → ``my-guard/checkpoint-200``); a served name as it is."""
+    parts = [p for p in model.replace("\\", "/").rstrip("/").split("/") if p]
+    if not parts:
+        return model
+    if len(parts) > 1 and parts[-1].startswith("checkpoint-"):
+        return "/".join(parts[-2:])
+    return parts[-1]
 
 
 def row_from_summary(summary: EvalSummary, label: str | None = None) -> ResultRow:
-    """A table row of a run."""
+    """A table row of a run, labelled ``label``, else the short name of its model
+    (:func:`short_model_name`; the full name is in the report's header)."""
     return ResultRow(
-        label=label or summary.model or "this run",
+        label=label or (short_model_name(summary.model) if summary.model else "this run"),
         f1={r.name: r.f1 for r in summary.results},
         averages=summary.averages(),
         source=str(summary.meta.get("out_dir", "")),
         tasks={r.name: r.task for r in summary.results},
+        modalities={r.name: r.modality for r in summary.results},
     )
 
 
@@ -107,7 +141,7 @@ def load_compare(spec: str) -> list[ResultRow]:
             raise EvalError(f"no published model {wanted!r}; known: {[r.label for r in rows]}")
         return picked
     summary = load_summary(spec)
-    label = summary.model or Path(spec).name
+    label = short_model_name(summary.model) if summary.model else Path(spec).name
     return [row_from_summary(summary, label=f"{label} ({Path(spec).name})" if Path(spec).is_dir() else label)]
 
 
@@ -141,15 +175,35 @@ def _columns(task: str, rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
 
 
 def paper_table(rows: Sequence[ResultRow], task: str) -> str:
-    """The paper's layout for one task: a row per model, a column per benchmark, then the averages."""
+    """The paper's layout for one task: a row per model, a column per benchmark, then the averages.
+
+    An average over other benchmarks than the paper's full set (a run on a subset) is marked ``*``,
+    with a footnote under the table saying over how many of the paper's sets it is."""
     columns = _columns(task, rows)
     header = ["Model", *(h for _, h in columns), *AVG_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    footnotes: list[str] = []
     for row in rows:
         averages = row.averages.get(task, {})
+        partial = row.partial_averages(task)
         cells = [row.label, *(_fmt(row.f1.get(name)) for name, _ in columns)]
-        cells += [_fmt(averages.get(col)) for col in AVG_COLUMNS]
+        for col in AVG_COLUMNS:
+            value = averages.get(col)
+            cells.append(_fmt(value) + ("*" if value is not None and col in partial else ""))
         lines.append("| " + " | ".join(cells) + " |")
+        spans = [
+            f"its {col} covers {n} of the paper's {m} sets" + (f" and {k} other(s)" if k else "")
+            for col, (n, m, k) in partial.items()
+            if averages.get(col) is not None
+        ]
+        if spans:
+            footnotes.append(f"{row.label}: {', '.join(spans)}")
+    if footnotes:
+        lines += [
+            "",
+            "\\* Averaged over a subset of the paper's benchmarks, so not comparable with the published "
+            "averages: " + "; ".join(footnotes) + ".",
+        ]
     return "\n".join(lines)
 
 
@@ -199,6 +253,10 @@ def settings_line(meta: Mapping[str, Any]) -> str:
     (greedy, up to 4,096 new tokens, images within 3,136–12,845,056 pixels); ``""`` if none are known."""
     tokens, low, high = meta.get("max_new_tokens"), meta.get("min_pixels"), meta.get("max_pixels")
     parts = ["greedy decoding"]
+    if meta.get("mode") == "fast":
+        parts[0] = "fast tier (no reasoning: labels from their token probabilities)"
+    elif meta.get("mode") == "auto":
+        parts[0] = "auto tier (fast, reasoning when uncertain; greedy decoding)"
     if tokens:
         parts.append(f"max_new_tokens {tokens:,}")
     if high:
@@ -235,7 +293,9 @@ def render_markdown(summary: EvalSummary, compare: Sequence[ResultRow] = ()) -> 
     """A markdown report: the settings line, the paper-layout tables (with comparison rows), details,
     and notes (conventions, coverage, the source of every comparison row)."""
     rows = [row_from_summary(summary), *compare]
-    parts = [f"# Evaluation: {summary.model or 'guard'}", ""]
+    parts = [f"# Evaluation: {rows[0].label}", ""]
+    if summary.model and summary.model != rows[0].label:
+        parts += [f"Model: `{summary.model}`", ""]
     parse = f"parse: `{summary.parse}`, unparseable/failed: counted as {summary.unparseable}"
     if summary.unparseable == "exclude":
         parse = f"parse: `{summary.parse}`, unparseable/failed: left out"
@@ -293,8 +353,8 @@ def render_csv(summary: EvalSummary) -> str:
     return buffer.getvalue()
 
 
-def plot_f1(summary: EvalSummary, path: str | Path, compare: Sequence[ResultRow] = ()) -> Path:
-    """A grouped bar chart of F1 per benchmark (and the task averages), one bar colour per row."""
+def f1_figure(summary: EvalSummary, compare: Sequence[ResultRow] = ()) -> Any:
+    """The matplotlib ``Figure`` of :func:`plot_f1` (needs matplotlib: the ``eval`` extra)."""
     from grvl_sdk._lazy import require
 
     require("matplotlib", extra="eval")
@@ -303,10 +363,13 @@ def plot_f1(summary: EvalSummary, path: str | Path, compare: Sequence[ResultRow]
 
     rows = [row_from_summary(summary), *compare]
     keys: list[tuple[str, str]] = [(r.name, r.name) for r in summary.results]
+    partial = False
     for task in HARM_TASKS:
         for col in AVG_COLUMNS:
             if any(row.averages.get(task, {}).get(col) is not None for row in rows):
-                keys.append((f"{task}:{col}", f"{task} {col}"))
+                marked = any(col in row.partial_averages(task) for row in rows)
+                partial = partial or marked
+                keys.append((f"{task}:{col}", f"{task} {col}" + ("*" if marked else "")))
 
     def value(row: ResultRow, key: str) -> float:
         if ":" in key and key.split(":", 1)[0] in HARM_TASKS:
@@ -317,7 +380,11 @@ def plot_f1(summary: EvalSummary, path: str | Path, compare: Sequence[ResultRow]
         return float("nan") if v is None else float(v)
 
     width = 0.8 / len(rows)
-    fig = Figure(figsize=(min(24.0, max(6.0, 0.5 * len(keys) * (1 + 0.25 * (len(rows) - 1)) + 2)), 4.5))
+    legend_rows = -(-len(rows) // 3) if len(rows) > 1 else 0
+    fig = Figure(
+        figsize=(min(24.0, max(6.0, 0.5 * len(keys) * (1 + 0.25 * (len(rows) - 1)) + 2)), 4.5 + 0.25 * legend_rows),
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, row in enumerate(rows):
@@ -327,13 +394,24 @@ def plot_f1(summary: EvalSummary, path: str | Path, compare: Sequence[ResultRow]
     ax.set_xticklabels([label for _, label in keys], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("F1 (harmful positive, ×100)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Guard F1 per benchmark: {summary.model}", fontsize=10)
+    ax.set_title(f"Guard F1 per benchmark: {rows[0].label}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    if len(rows) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    if len(rows) > 1:  # below the tick labels, never over the bars
+        fig.legend(loc="outside lower center", ncols=min(3, len(rows)), fontsize=7, frameon=False)
+    if partial:
+        ax.annotate(
+            "* average over a subset of the paper's benchmarks", (1, 1.01), xycoords="axes fraction",
+            ha="right", va="bottom", fontsize=7,
+        )  # fmt: skip
+    return fig
+
+
+def plot_f1(summary: EvalSummary, path: str | Path, compare: Sequence[ResultRow] = ()) -> Path:
+    """A grouped bar chart of F1 per benchmark (and the task averages), one bar colour per row, the
+    legend below the chart; averages over a subset of the paper's benchmarks are marked ``*``.
+    Raises :class:`MissingDependencyError` without matplotlib."""
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    f1_figure(summary, compare).savefig(path, dpi=120)
     return path
 
 

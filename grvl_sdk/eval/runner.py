@@ -36,7 +36,16 @@ from grvl_sdk.eval.scoring import EvalSummary, ParseMode, UnparseablePolicy, sco
 from grvl_sdk.eval.sources import BenchmarkSource, resolve_sources
 from grvl_sdk.verdict import ErrorInfo, Verdict
 
-__all__ = ["SupportsCheckBatch", "image_bounds", "is_run_dir", "load_run", "predictions_path", "run_eval"]
+__all__ = [
+    "SupportsCheckBatch",
+    "image_bounds",
+    "is_run_dir",
+    "load_run",
+    "predictions_path",
+    "resume_conflicts",
+    "resume_error",
+    "run_eval",
+]
 
 RUN_FILE = "run.json"
 PREDICTIONS_DIR = "predictions"
@@ -75,6 +84,7 @@ def _record(sample: Sample, index: int, bench: Benchmark, verdict: Verdict, batc
         completion_tokens=verdict.usage.completion_tokens,
         latency_ms=verdict.usage.latency_ms,
         batch_size=batch_size,
+        score=verdict.request_score if task == "request" else verdict.response_score,
     )
     if error is not None and error.code != "unparseable_output":
         record.status = "failed"
@@ -138,8 +148,8 @@ def _stop_when_failing(failed: int, generated: int, last: int, size: int, rate: 
         return
     if generated == last and failed == last:
         raise BackendError(
-            f"every check of the first batch ({last}) failed, so nothing more was run: {first_error} "
-            "(is the guard reachable and loaded?)"
+            f"all {last} checks of the first batch failed, so nothing more was run; is the guard reachable "
+            f"and loaded? First error: {first_error}"
         )
     if generated >= 2 * size and failed > rate * generated:
         raise BackendError(
@@ -167,6 +177,35 @@ def image_bounds(guard: Any) -> tuple[int, int] | None:
     """``(min_pixels, max_pixels)`` the guard's images are resized within, or ``None`` if unknown."""
     bounds = getattr(getattr(guard, "backend", None), "image_bounds", None)
     return (int(bounds[0]), int(bounds[1])) if bounds else None
+
+
+def resume_conflicts(
+    out_dir: str | Path, settings: Mapping[str, Any], state: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``(setting, recorded, now)`` for each setting in ``settings`` (``model``, ``max_new_tokens``,
+    ``min_pixels``, ``max_pixels``) that differs from the run recorded in ``out_dir``'s ``run.json``
+    (``state``: that file's content, if already read). Settings the folder did not record are not
+    compared; an empty or new folder has none. Raises :class:`DataFormatError` on an unreadable
+    ``run.json``."""
+    if state is None:
+        run_file = Path(out_dir) / RUN_FILE
+        state = read_json(run_file, RUN_FORMAT) if run_file.exists() else {}
+    return [(k, state[k], v) for k, v in settings.items() if k in state and state[k] != v]
+
+
+def resume_error(out_dir: str | Path, changes: Sequence[tuple[str, Any, Any]], advice: str) -> EvalError:
+    """The :class:`EvalError` refusing to resume ``out_dir`` with other settings: one readable line per
+    change (``changes`` from :func:`resume_conflicts`), then ``advice`` (what the caller can do: the
+    API and the CLI say it differently). ``details["changes"]`` holds the changed setting names."""
+
+    def show(value: Any) -> str:
+        return "not set" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = "; ".join(f"{k}: {show(old)} → {show(new)}" for k, old, new in changes)
+    return EvalError(
+        f"{out_dir} holds a run with other settings ({lines}), so it cannot be resumed: {advice}.",
+        changes=", ".join(k for k, _, _ in changes),
+    )
 
 
 @dataclass
@@ -251,18 +290,16 @@ def run_eval(
         "max_new_tokens": tokens,
         "min_pixels": bounds[0] if bounds else None,
         "max_pixels": bounds[1] if bounds else None,
+        # The latency tier (GuardOptions.mode): runs of different tiers never mix in one folder.
+        "mode": str(getattr(getattr(guard, "options", None), "mode", "think")),
     }
 
     run_file = out / RUN_FILE
     state: dict[str, Any] = read_json(run_file, RUN_FORMAT) if run_file.exists() else {}
-    # Settings an older folder did not record are not compared.
-    before = {k: state.get(k) for k in settings if k in state}
-    if state and before != {k: settings[k] for k in before}:
+    changes = resume_conflicts(out, settings, state)
+    if changes:
         if resume:
-            raise EvalError(
-                f"{out} holds a run with {before}, not {settings}: use another output folder, or resume=False "
-                "(--no-resume) to start over"
-            )
+            raise resume_error(out, changes, "pass another out_dir, or resume=False to start over there")
         state["benchmarks"] = {}  # another model's results are not this run's
     state.update(settings)
     state.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -109,8 +109,17 @@ def chunk_deltas(chunk: Any) -> list[Delta]:
     elif content is not None:
         loc.at("content").fail(f"must be a string or a list of parts, got {type_name(content)}")
     extra = get(chunk, "additional_kwargs")
-    if is_record(extra) and isinstance(get(extra, "refusal"), str):
-        parts.append(get(extra, "refusal"))
+    if is_record(extra):  # what provider integrations stream beside the content
+        if isinstance(get(extra, "refusal"), str):
+            parts.append(get(extra, "refusal"))
+        legacy = get(extra, "function_call")  # OpenAI's legacy function calling
+        if legacy is not None:
+            here = loc.at("additional_kwargs").at("function_call")
+            if not is_record(legacy):
+                here.fail(f"must be an object, got {type_name(legacy)}")
+            parts.append(call_fragment(get(legacy, "name"), get(legacy, "arguments"), here))
+        if get(extra, "audio") is not None:
+            loc.at("additional_kwargs").at("audio").fail("audio cannot be judged by the guard")
     if chunks is not None:
         if not is_list(chunks):
             loc.at("tool_call_chunks").fail(f"must be a list, got {type_name(chunks)}")

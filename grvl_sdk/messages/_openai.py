@@ -7,7 +7,8 @@ Shapes (OpenAI API reference, Chat Completions): a request message ``ChatComplet
 (``ChatCompletionMessage``); a stream ``ChatCompletionChunk.choices[].delta`` (``content``, ``refusal``,
 ``tool_calls[].function.name/arguments`` fragments, ``function_call``); legacy Completions
 ``choices[].text``. LangChain messages add ``tool_calls`` (``{"name", "args", "id"}``),
-``invalid_tool_calls``, ``tool_call_chunks`` and ``additional_kwargs["refusal"]``.
+``invalid_tool_calls``, ``tool_call_chunks`` and ``additional_kwargs`` (``refusal`` and the legacy
+``function_call`` are read; ``audio`` cannot be judged: ``InputError``).
 """
 
 from __future__ import annotations
@@ -86,10 +87,13 @@ def message_builder(message: Any, loc: Loc, ctx: Context, role: Role | None = No
         add_tool_calls(b, get(message, "tool_calls"), loc.at("tool_calls"))
         add_tool_calls(b, get(message, "invalid_tool_calls"), loc.at("invalid_tool_calls"))
     extra = get(message, "additional_kwargs")
-    if is_record(extra):
+    if is_record(extra):  # a LangChain message: what provider integrations keep beside the content
         refusal = get(extra, "refusal")
         if isinstance(refusal, str) and not b.has_text(refusal):
             b.text(refusal)
+        add_function_call(b, get(extra, "function_call"), loc.at("additional_kwargs").at("function_call"))
+        if get(extra, "audio") is not None:
+            loc.at("additional_kwargs").at("audio").fail("audio cannot be judged by the guard")
     if get(message, "audio") is not None:
         loc.at("audio").fail("audio cannot be judged by the guard")
     return b

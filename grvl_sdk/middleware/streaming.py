@@ -2,8 +2,10 @@
 
 Chunk text is read per choice (:func:`grvl_sdk.messages.chunk_deltas`: content, refusal and tool-call
 fragments; several choices kept apart), or by a ``get_chunk_text`` callable (one choice). Each time
-``policy.stream_check_every`` more characters have arrived, every choice received so far is checked
-with its request (stage ``"stream"``), and once more when the stream ends (stage ``"response"``).
+a check is due by the policy's :class:`~grvl_sdk.middleware.schedule.CheckSchedule` (first after
+``stream_check_every`` characters, then at geometrically growing offsets, at most ``stream_max_checks``
+generations per choice), every choice received so far is checked with its request (stage
+``"stream"``), and once more when the stream ends (stage ``"response"``, always).
 With ``stream_mode="buffer"`` chunks are held until a check has passed them, so nothing unchecked
 reaches the caller; with ``"passthrough"`` chunks are forwarded at once and the stream is cut when a
 check blocks. Either way a stream only finishes after its final check passed: if a check blocks, the
@@ -15,8 +17,8 @@ and stop).
 still gets a final check (stage ``"response"``) of the text **delivered** to the consumer so far —
 every chunk in passthrough mode, the released chunks in buffer mode — so it is judged and recorded
 (log, audit line, hooks); nothing is yielded after that, and a source error still propagates. In
-passthrough mode at most ``stream_check_every`` characters plus one chunk reach the consumer unjudged
-before a check runs (the leak window).
+passthrough mode the leak window (text delivered before it is judged) is the schedule's
+(:meth:`~grvl_sdk.middleware.schedule.CheckSchedule.leak_window`).
 
 **Bytes chunks** are decoded as UTF-8 incrementally across chunks, so a character split between two
 chunks is judged whole. ``get_chunk_text`` must return ``str`` (or ``bytes``); anything else is an
@@ -34,6 +36,7 @@ from typing import Any
 
 from grvl_sdk._threads import in_daemon_thread
 from grvl_sdk.errors import GuardBlocked, InputError
+from grvl_sdk.middleware.schedule import CheckSchedule
 from grvl_sdk.policy import Policy
 from grvl_sdk.types import GuardInput
 from grvl_sdk.verdict import Stage, Verdict
@@ -50,14 +53,13 @@ class _Stream:
     """One moderated stream: text received and delivered per choice, chunks held, when a check is due."""
 
     def __init__(self, policy: Policy, get_chunk_text: Callable[[Any], Any] | None) -> None:
-        self.every = policy.stream_check_every
+        self.schedule = CheckSchedule.for_policy(policy)
         self.buffer = policy.stream_mode == "buffer"
         self.get_chunk_text = get_chunk_text
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.received: dict[int, list[str]] = {}
         self.delivered: dict[int, list[str]] = {}
         self.length = 0
-        self.checked = 0
         self.held: list[tuple[Any, list[tuple[int, str]]]] = []
         self.last: Any = None
         #: The final judgement was made (or a block ended the stream): nothing more to judge.
@@ -101,11 +103,12 @@ class _Stream:
 
     @property
     def due(self) -> bool:
-        return self.length - self.checked >= self.every
+        return self.schedule.due(self.length)
 
-    def texts(self) -> list[str]:
-        """Each choice's text received so far (choice 0 at least), marked as checked."""
-        self.checked = self.length
+    def texts(self, *, final: bool = False) -> list[str]:
+        """Each choice's text received so far (choice 0 at least); an intermediate check is recorded."""
+        if not final:
+            self.schedule.mark(self.length)
         return ["".join(self.received[i]) for i in sorted(self.received)] or [""]
 
     def deliver(self, parts: list[tuple[int, str]]) -> None:
@@ -180,7 +183,7 @@ def guard_stream(
                 yield from stream.release()
         stream.end()
         stream.done = True
-        blocking = judge(stream.texts(), "response")
+        blocking = judge(stream.texts(final=True), "response")
         if blocking is not None:
             yield _blocked(blocking, "response", policy, refusal, stream.last)
             return
@@ -253,7 +256,7 @@ async def aguard_stream(
                     yield released
         stream.end()
         stream.done = True
-        blocking = await judge(stream.texts(), "response")
+        blocking = await judge(stream.texts(final=True), "response")
         if blocking is not None:
             yield _blocked(blocking, "response", policy, refusal, stream.last)
             return

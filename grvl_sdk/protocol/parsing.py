@@ -105,13 +105,13 @@ def _region(output: str) -> _Region:
         return _Region(answers.end(), len(output), "untagged", output[: answers.start()].strip() or None)
     reasoning = _reasoning_end(output)
     if reasoning is None:
-        return _Region(0, 0, "result", None, "truncated guard output: the reasoning (<think>) is never closed")
+        return _Region(0, 0, "result", None, "truncated guard output: the reasoning's <think> is never closed")
     start, close = reasoning
     text = output[start:close].strip()
     after = close + len("</think>")
     opened = _RESULT_OPEN.search(output, after)
     if opened is None:
-        problem = "no <result> block after the reasoning (</think>)"
+        problem = "no <result> block after the reasoning's </think>"
         return _Region(after, len(output), "result", text, problem)
     closed = _RESULT_CLOSE.search(output, opened.end())
     if closed is None:
@@ -193,7 +193,7 @@ def parse_output(output: str) -> ParsedOutput:
     if conflicts:
         raise _unusable(f"conflicting {' and '.join(conflicts)} labels in the guard output", output, partial)
     if request is None:
-        where = "the <result> block" if region.source == "result" else "the guard output (untagged)"
+        where = "the <result> block" if region.source == "result" else "the guard output, which has no <result> block"
         raise _unusable(f"no 'Request: harmful|unharmful' label in {where}", output, partial)
     return ParsedOutput(
         request_label=request,  # type: ignore[arg-type]

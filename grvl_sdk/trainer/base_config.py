@@ -6,7 +6,8 @@ its own). The effective batch is kept whatever the number of processes: ``gradie
 is derived as ``effective_batch_size / (per-device batch × processes)`` and must divide exactly
 (:meth:`BaseTrainingConfig.batch_plan`).
 
-A config is read from a dict or a YAML file (unknown keys are errors); the settings file a run writes
+A config is read from a dict or a YAML file (unknown keys are errors; relative paths in a file are relative
+to the file's folder, :mod:`grvl_sdk.trainer.config_paths`); the settings file a run writes
 into its folder (``rsft_config.yaml``) reads back too: its ``version`` is checked and its
 ``resolved`` block (what the run derived) is ignored.
 """
@@ -196,12 +197,17 @@ class BaseTrainingConfig:
                 "(pass trainer arguments under `extra_args`)",
                 field=unknown[0],
             )
-        return cls(**values)
+        return cls(**_numbers(cls, values))
 
     @classmethod
     def from_yaml(cls: type[ConfigT], path: str | os.PathLike[str], **overrides: Any) -> ConfigT:
-        """Read a YAML file of settings (optionally with ``preset:``); ``overrides`` win."""
+        """Read a YAML file of settings (optionally with ``preset:``); ``overrides`` win.
+
+        Relative paths in the file (data, output folder, a model folder...) are relative to the file's folder
+        (see :mod:`grvl_sdk.trainer.config_paths`); ``overrides`` are taken as given.
+        """
         from grvl_sdk._lazy import require
+        from grvl_sdk.trainer.config_paths import rebase_settings
 
         yaml = require("yaml", extra="train")
         try:
@@ -214,6 +220,7 @@ class BaseTrainingConfig:
             raise TrainingConfigError(f"{path}: not valid YAML: {exc}", file=str(path)) from exc
         if not isinstance(values, dict):
             raise TrainingConfigError(f"{path}: the config must be a mapping of settings", file=str(path))
+        values = rebase_settings(values, Path(path).parent)
         return cls.from_dict({**values, **overrides}, file=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,3 +297,18 @@ class BaseTrainingConfig:
                 field="effective_batch_size",
             )
         return BatchPlan(per_device, self.effective_batch_size // per_step, processes)
+
+
+def _numbers(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Read numbers written as strings in float fields: YAML 1.1 (PyYAML) loads ``1e-6`` — without a dot — as
+    the string ``"1e-6"``, so ``learning_rate: 1e-6`` would otherwise fail deep in validation."""
+    floats = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
+    out = dict(values)
+    for name in floats & set(out):
+        value = out[name]
+        if isinstance(value, str):
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise TrainingConfigError(f"{name} must be a number, got {value!r}", field=name) from None
+    return out

@@ -16,8 +16,9 @@ from typing import Any
 
 from grvl_sdk._lazy import require
 from grvl_sdk.errors import ModelLoadError
+from grvl_sdk.trainer.console import library_deprecations_hidden
 
-__all__ = ["ADAPTER_DIR", "load_adapter_guard", "merge_adapter", "save_processor"]
+__all__ = ["ADAPTER_DIR", "load_adapter_guard", "merge_adapter", "save_processor", "save_trained_model"]
 
 #: Where a LoRA/QLoRA adapter is saved inside ``output_dir`` when it is also merged.
 ADAPTER_DIR = "adapter"
@@ -78,7 +79,7 @@ def merge_adapter(
     from grvl_sdk.backends._processor import load_processor
 
     adapter_dir = Path(adapter_dir)
-    base = base_model or _adapter_base(adapter_dir)
+    base = _adapter_base(adapter_dir, base_model)
     kwargs: dict[str, Any] = {}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype.replace("bf16", "bfloat16").replace("fp32", "float32"))
@@ -86,7 +87,8 @@ def merge_adapter(
         model = transformers.AutoModelForImageTextToText.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load base model {base!r} to merge the adapter into: {exc}") from exc
-    model = peft.PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with library_deprecations_hidden():
+        model = peft.PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
@@ -95,10 +97,62 @@ def merge_adapter(
     return out
 
 
-def _adapter_base(adapter_dir: Path) -> str:
+def save_trained_model(trainer: Any, config: Any, processor: Any, out: Path, *, state: Any, bf16: bool) -> bool:
+    """Save what a training stage produced in ``out``; returns ``True`` for a full guard checkpoint.
+
+    Full fine-tuning saves the weights and the processor files. LoRA/QLoRA saves the adapter (in
+    ``out/adapter`` with ``config.merge_lora``, then merged into the unquantised base in ``out``; in ``out``
+    itself otherwise). Every process must call it (``state`` is accelerate's ``PartialState``); only the
+    main process writes the processor and merges. The trainer's model is released before merging.
+    """
+    torch = require("torch", extra="train")
+    main = state.is_main_process
+    if config.method == "full":
+        trainer.save_model(str(out))
+        if main:
+            save_processor(processor, config.model_name_or_path, out)
+        state.wait_for_everyone()
+        return True
+    adapter_dir = out / ADAPTER_DIR if config.merge_lora else out
+    trainer.save_model(str(adapter_dir))
+    state.wait_for_everyone()
+    if main:
+        save_processor(processor, config.model_name_or_path, adapter_dir)
+        if config.merge_lora:
+            trainer.model = None
+            trainer.model_wrapped = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            merge_adapter(
+                adapter_dir, out, base_model=config.model_name_or_path, dtype="bfloat16" if bf16 else "float32"
+            )
+    state.wait_for_everyone()
+    return bool(config.merge_lora)
+
+
+def _adapter_base(adapter_dir: Path, base_model: str | None = None) -> str:
+    """``base_model``, else the adapter's ``base_model_name_or_path``, once ``adapter_dir`` is checked to hold an
+    adapter (:class:`ModelLoadError` saying what it holds otherwise)."""
     config_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir():
+        raise ModelLoadError(f"adapter folder {str(adapter_dir)!r} does not exist", model=str(adapter_dir))
+    if not config_path.is_file() and (adapter_dir / "config.json").is_file():
+        kept = adapter_dir / ADAPTER_DIR
+        also = (
+            f"; the LoRA adapter it was merged from is in {str(kept)!r} (load_adapter_guard({str(kept)!r}))"
+            if (kept / "adapter_config.json").is_file()
+            else ""
+        )
+        raise ModelLoadError(
+            f"{str(adapter_dir)!r} holds a full guard checkpoint, not a LoRA adapter: load it as a guard, "
+            f"Guard.from_pretrained({str(adapter_dir)!r}) in Python or --model {adapter_dir} on the command "
+            f"line{also}",
+            model=str(adapter_dir),
+        )
     if not config_path.is_file():
-        raise ModelLoadError(f"{adapter_dir} holds no adapter_config.json: not a LoRA adapter")
+        raise ModelLoadError(f"{adapter_dir} holds no adapter_config.json: not a LoRA adapter", model=str(adapter_dir))
+    if base_model:
+        return base_model
     base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise ModelLoadError(f"{config_path} names no base_model_name_or_path; pass base_model=")
@@ -118,7 +172,9 @@ def load_adapter_guard(
     """A :class:`~grvl_sdk.Guard` over a base model plus a LoRA adapter (``merge_lora=False`` runs).
 
     The adapter is merged in memory (``merge=True``; not possible over a quantised base, where it stays
-    a PEFT model). ``guard_kwargs`` go to ``Guard`` (policy, max_new_tokens...).
+    a PEFT model). ``guard_kwargs`` go to ``Guard`` (policy, max_new_tokens...). Raises
+    :class:`~grvl_sdk.errors.ModelLoadError` when ``adapter_dir`` is not an adapter, naming what to do instead
+    (a merged run folder: ``Guard.from_pretrained``, or its ``adapter/`` sub-folder).
     """
     peft = require("peft", extra="train")
     from grvl_sdk.backends._processor import load_processor
@@ -126,9 +182,10 @@ def load_adapter_guard(
     from grvl_sdk.guard import Guard
 
     adapter_dir = Path(adapter_dir)
-    base = base_model or _adapter_base(adapter_dir)
+    base = _adapter_base(adapter_dir, base_model)
     backend = LocalBackend.from_pretrained(base, quantization=quantization, device=device, dtype=dtype)  # type: ignore[arg-type]
-    model = peft.PeftModel.from_pretrained(backend.model, str(adapter_dir))
+    with library_deprecations_hidden():  # PEFT reads a renamed transformers property
+        model = peft.PeftModel.from_pretrained(backend.model, str(adapter_dir))
     if merge and quantization is None:
         model = model.merge_and_unload()
     model.eval()

@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from grvl_sdk.data.errors import ErrorPolicy, OnError, locate
 from grvl_sdk.data.labels import Label, normalize_label
-from grvl_sdk.data.readers import data_files, iter_records
+from grvl_sdk.data.readers import iter_records
 from grvl_sdk.data.samples import TrainingSample
 from grvl_sdk.errors import DataError
 from grvl_sdk.protocol.prompt import parse_transcript
-from grvl_sdk.trainer.vltrain import load_vltrain, resolve_image
+from grvl_sdk.trainer.vltrain import SYNTHESIS_DROPPED, load_vltrain, resolve_image, training_files
 
 __all__ = ["BenchmarkTask", "ColumnMap", "DataFormat", "detect_format", "load_benchmark", "load_data", "load_table"]
 
@@ -81,7 +81,7 @@ def load_benchmark(
         raise DataError(f"task must be 'auto', 'request' or 'response', got {task!r}", field="task")
     handler = ErrorPolicy(on_error, errors, what="training record")
     samples: list[TrainingSample] = []
-    for file in data_files(Path(path), (".json", ".jsonl")):
+    for file in training_files(Path(path), (".json", ".jsonl")):
         for line, record in iter_records(file):
             if limit is not None and len(samples) >= limit:
                 break
@@ -197,7 +197,7 @@ def load_table(
     cols = ColumnMap.from_mapping(columns)
     handler = ErrorPolicy(on_error, errors, what="training record")
     samples: list[TrainingSample] = []
-    for file in data_files(Path(path), (".jsonl", ".json", ".csv")):
+    for file in training_files(Path(path), (".jsonl", ".json", ".csv")):
         fmt = format or ("csv" if file.suffix.lower() == ".csv" else "jsonl")
         base = Path(image_root) if image_root is not None else file.parent
         if fmt == "csv":
@@ -270,7 +270,7 @@ def _table_sample(row: Any, cols: ColumnMap, base: Path, source: str) -> Trainin
 def detect_format(path: str | os.PathLike[str]) -> DataFormat:
     """Guess a file's format from its first record: chat records, benchmark items, or a plain table."""
     target = Path(path)
-    files = data_files(target, (".json", ".jsonl", ".csv"))
+    files = training_files(target, (".json", ".jsonl", ".csv"))
     first = files[0]
     if first.suffix.lower() == ".csv":
         return "csv"
@@ -282,6 +282,20 @@ def detect_format(path: str | os.PathLike[str]) -> DataFormat:
                 return "benchmark"
         return "jsonl"
     return "jsonl"
+
+
+def _refuse_dropped_list(path: Any) -> None:
+    """A synthesis ``dropped.jsonl`` given as data: say what it is rather than fail on its first record."""
+    if not isinstance(path, (str, os.PathLike)) or Path(path).name != SYNTHESIS_DROPPED or not Path(path).is_file():
+        return
+    for _, record in iter_records(Path(path)):
+        if isinstance(record, Mapping) and "reason" in record and "last_answer" in record:
+            raise DataError(
+                "this is the list of samples synthesis dropped (id, reason, the teacher's last answer), not "
+                f"training data: use {Path(path).with_name('records.jsonl')} (or the folder)",
+                file=str(path),
+            )
+        return
 
 
 def load_data(
@@ -304,6 +318,7 @@ def load_data(
     if unknown:
         raise DataError(f"unknown data source key(s) {unknown}; known: {sorted(allowed)}", field=unknown[0])
     path = spec["path"]
+    _refuse_dropped_list(path)
     fmt = spec.get("format") or detect_format(path)
     limit = spec.get("limit")
     if fmt == "vltrain":

@@ -6,13 +6,23 @@ Shared by the training stages: what differs between them is the trainer, not how
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from grvl_sdk._lazy import require
 from grvl_sdk.errors import ModelLoadError
 from grvl_sdk.trainer.base_config import BaseTrainingConfig
 
-__all__ = ["load_model", "lora_config", "resolve_bf16"]
+logger = logging.getLogger("grvl_sdk")
+
+__all__ = ["check_base_model", "load_model", "lora_config", "resolve_bf16"]
+
+#: What a Python caller can do when the base model cannot be reached (the CLI gives its own advice).
+API_MODEL_ADVICE = (
+    "Set model_name_or_path to a local checkpoint folder (a Qwen2.5-VL-Instruct checkpoint or a guard), e.g. "
+    "RSFTConfig(model_name_or_path='/path/to/Qwen2.5-VL-3B-Instruct', ...)."
+)
 
 # Module paths of the vision tower (transformers 5.x, 4.x) and the output head: never quantised.
 _SKIP_QUANTIZATION = ["model.visual", "visual", "lm_head"]
@@ -23,6 +33,27 @@ def resolve_bf16(config: BaseTrainingConfig, torch: Any) -> bool:
     if config.bf16 is not None:
         return bool(config.bf16)
     return bool(not config.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def check_base_model(model_name_or_path: str, *, advice: str = API_MODEL_ADVICE) -> str:
+    """Check, before anything is loaded, that the base model can be: a checkpoint folder, a cached hub id, or a
+    hub id with the hub reachable. Returns the id to load.
+
+    Raises :class:`ModelLoadError` within seconds (instead of minutes of hub retries) for a missing folder, a
+    folder without ``config.json``, or a hub id that is neither cached nor downloadable, with ``advice`` (how
+    to point at a local folder). A cached hub id with the hub unreachable switches ``huggingface_hub`` to
+    offline mode for the process, so every later load reads the cache without retrying the network.
+    """
+    from grvl_sdk.backends._loading import resolve_model
+
+    resolved, local_only = resolve_model(model_name_or_path, advice=advice)
+    if local_only and not Path(resolved).is_dir():
+        import huggingface_hub.constants
+
+        logger.warning("the Hugging Face hub cannot be reached: using the cached copy of %s", resolved)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    return resolved
 
 
 def _visual_module(model: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,9 +112,15 @@ def encode_samples(
     max_pixels: int = RSFT_MAX_PIXELS,
     max_length: int | None = 2048,
     progress: bool = False,
+    fast_fraction: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[EncodedExample], list[tuple[str | None, int]]]:
     """Tokenise samples for R-SFT. Returns (examples, dropped) where ``dropped`` lists the
     ``(source, length)`` of samples longer than ``max_length``.
+
+    ``fast_fraction``: the share of samples (chosen with ``seed``; ``round(fraction * len(samples))``
+    of them) whose answer is rendered with an empty reasoning block (:func:`fast_target`), so the
+    guard also learns the fast tier (``mode="fast"``) on the same prompt.
 
     Raises :class:`DataError` (with the sample's source) for a sample without a target or with an
     unreadable image.
@@ -133,10 +140,15 @@ def encode_samples(
     if progress:
         tqdm = require("tqdm", extra="train")
         iterator = tqdm.tqdm(samples, desc="tokenising", unit="sample")
-    for sample in iterator:
+    if not 0.0 <= fast_fraction <= 1.0:  # NaN fails too
+        raise ValueError(f"fast_fraction must be in [0, 1], got {fast_fraction!r}")
+    fast = set(random.Random(seed).sample(range(len(samples)), round(fast_fraction * len(samples))))
+    for position, sample in enumerate(iterator):
         file, line = _split_source(sample.source)
         try:
             target = sample.target()
+            if position in fast:
+                target = fast_target(target)
         except DataError as exc:
             raise DataError(exc.problem, file=file, line=line, field=exc.field) from exc
         counts: list[int] = []
@@ -162,6 +174,25 @@ def encode_samples(
             )
         )
     return examples, dropped
+
+
+def fast_target(target: str) -> str:
+    """A training answer in the fast tier's form: an empty reasoning block and the same labels
+    (``<think>\n\n</think>\n<result>\nRequest: …\nResponse: …\n</result>``, the text
+    :mod:`grvl_sdk.protocol.fast` forces and reads). Raises :class:`DataError` when ``target`` has no
+    readable labels."""
+    from grvl_sdk.errors import ParseError
+    from grvl_sdk.protocol.fast import FAST_PREFIX, RESPONSE_CUE
+    from grvl_sdk.protocol.parsing import parse_output
+
+    try:
+        parsed = parse_output(target)
+    except ParseError as exc:
+        raise DataError(f"the answer has no readable verdict for a fast rendering: {exc.message}") from exc
+    if parsed.request_label is None:
+        raise DataError("the answer has no request label for a fast rendering")
+    response = parsed.response_label or "None"
+    return f"{FAST_PREFIX} {parsed.request_label}{RESPONSE_CUE} {response}\n</result>"
 
 
 def _split_source(source: str | None) -> tuple[str | None, int | None]:

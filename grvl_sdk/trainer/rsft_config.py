@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from grvl_sdk.errors import TrainingConfigError
 from grvl_sdk.trainer.base_config import DEFAULT_LORA_TARGETS, BaseTrainingConfig, BatchPlan, Method, _positive_or_null
 
 __all__ = ["DEFAULT_LORA_TARGETS", "PRESETS", "BatchPlan", "Method", "RSFTConfig"]
@@ -39,8 +40,14 @@ class RSFTConfig(BaseTrainingConfig):
     # -- R-SFT ----------------------------------------------------------------------------------
     #: Cutoff in tokens (prompt with image tokens + answer); longer samples are dropped and counted.
     max_length: int | None = 2048
+    #: Share of training samples (chosen with ``seed``) rendered with an empty reasoning block, so the
+    #: guard also learns the fast tier (``GuardOptions(mode="fast")``); 0 is the paper's recipe.
+    fast_fraction: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`~grvl_sdk.errors.TrainingConfigError` for an impossible setting."""
         super().validate()
         _positive_or_null(self, "max_length")
+        fraction = self.fast_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise TrainingConfigError(f"fast_fraction must be a number in [0, 1], got {fraction!r}")

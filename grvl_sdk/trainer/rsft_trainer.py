@@ -23,15 +23,18 @@ from grvl_sdk._lazy import require
 from grvl_sdk.data.samples import TrainingSample
 from grvl_sdk.errors import DataError, ModelLoadError, TrainingConfigError, TrainingError
 from grvl_sdk.trainer.base_config import BatchPlan
-from grvl_sdk.trainer.checkpoints import ADAPTER_DIR, load_adapter_guard, merge_adapter, save_processor
+from grvl_sdk.trainer.checkpoints import ADAPTER_DIR, load_adapter_guard, merge_adapter, save_trained_model
+from grvl_sdk.trainer.console import checkpointing_args, drop_step_printer, library_deprecations_hidden, pin_memory
 from grvl_sdk.trainer.loaders import load_data
-from grvl_sdk.trainer.modeling import load_model, lora_config, resolve_bf16
+from grvl_sdk.trainer.model_card import write_model_card
+from grvl_sdk.trainer.modeling import check_base_model, load_model, lora_config, resolve_bf16
 from grvl_sdk.trainer.render import _split_source
 from grvl_sdk.trainer.rsft_config import RSFTConfig
 from grvl_sdk.trainer.runs import (
     METRICS_FILE,
     PLOT_FILE,
     last_checkpoint,
+    read_metrics,
     resolve_resume,
     versions,
     write_data_summary,
@@ -97,6 +100,7 @@ def _check_targets(samples: Sequence[TrainingSample], what: str) -> None:
 
 def _sft_args(config: RSFTConfig, plan: BatchPlan, bf16: bool, has_eval: bool) -> Any:
     trl = require("trl", extra="train")
+    torch = require("torch", extra="train")
     args: dict[str, Any] = {
         "output_dir": config.output_dir,
         "per_device_train_batch_size": plan.per_device,
@@ -112,9 +116,10 @@ def _sft_args(config: RSFTConfig, plan: BatchPlan, bf16: bool, has_eval: bool) -
         "seed": config.seed,
         "bf16": bf16,
         "fp16": False,
-        "gradient_checkpointing": config.gradient_checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if config.gradient_checkpointing else None,
+        **checkpointing_args(trl.SFTConfig, config.gradient_checkpointing),
         "logging_steps": config.logging_steps,
+        # With the last step (logged by the run recorder), even a run shorter than logging_steps has a curve.
+        "logging_first_step": True,
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
@@ -123,6 +128,7 @@ def _sft_args(config: RSFTConfig, plan: BatchPlan, bf16: bool, has_eval: bool) -
         "per_device_eval_batch_size": config.per_device_eval_batch_size or plan.per_device,
         "report_to": list(config.report_to) or "none",
         "dataloader_num_workers": config.dataloader_num_workers,
+        "dataloader_pin_memory": pin_memory(config.use_cpu, torch),
         "disable_tqdm": not config.progress,
         "use_cpu": config.use_cpu,
         # The collator builds every tensor from the examples; TRL must not re-tokenise.
@@ -205,14 +211,16 @@ def train_rsft(
     bf16 = resolve_bf16(config, torch)
     _report(f"R-SFT: method {config.method}, {plan}, bf16 {bf16}, resume {resume or 'no'}", main)
 
+    check_base_model(config.model_name_or_path)  # seconds, not minutes of hub retries, when it cannot load
     try:
         processor = load_processor(config.model_name_or_path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the processor of {config.model_name_or_path!r}: {exc}") from exc
     encode: dict[str, Any] = {"min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
     examples, dropped = encode_samples(
-        train, processor, max_length=config.max_length, progress=config.progress and main, **encode
-    )
+        train, processor, max_length=config.max_length, progress=config.progress and main,
+        fast_fraction=config.fast_fraction, seed=config.seed, **encode,
+    )  # fmt: skip
     eval_examples, eval_dropped = encode_samples(evals, processor, max_length=config.max_length, **encode)
     if dropped or eval_dropped:
         longest = max(length for _, length in dropped + eval_dropped)
@@ -254,47 +262,48 @@ def train_rsft(
         if eval_examples
         else None
     )
-    if resume is None and last_checkpoint(out) is not None:
-        _report(f"note: {out} already holds checkpoints; set resume_from_checkpoint=True to continue from them", main)
+    if config.resume_from_checkpoint is None and last_checkpoint(out) is not None:
+        _report(
+            f"note: {out} already holds checkpoints; this run starts afresh and replaces them as it saves. Pass "
+            "resume_from_checkpoint=True to continue from them (False starts afresh without this note).",
+            main,
+        )
     title = f"R-SFT of {Path(config.model_name_or_path).name} ({config.method})"
-    trainer = _trainer_class(trl)(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=processor,
-        peft_config=peft_config,
-        callbacks=[run_recorder(out, title=title), *callbacks],
-    )
+    with library_deprecations_hidden():  # PEFT reads a renamed transformers property while wrapping the model
+        trainer = _trainer_class(trl)(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collator,
+            processing_class=processor,
+            peft_config=peft_config,
+            callbacks=[run_recorder(out, title=title), *callbacks],
+        )
+    drop_step_printer(trainer, config.progress)
     trainer.weights_preloaded = preload
     output = trainer.train(resume_from_checkpoint=resume)
 
-    merged = True
-    if config.method == "full":
-        trainer.save_model(str(out))
-        if main:
-            save_processor(processor, config.model_name_or_path, out)
-    else:
-        adapter_dir = out / ADAPTER_DIR if config.merge_lora else out
-        trainer.save_model(str(adapter_dir))
-        state.wait_for_everyone()
-        if main:
-            save_processor(processor, config.model_name_or_path, adapter_dir)
-            if config.merge_lora:
-                trainer.model = None
-                model = None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                merge_adapter(
-                    adapter_dir,
-                    out,
-                    base_model=config.model_name_or_path,
-                    dtype="bfloat16" if bf16 else "float32",
-                )
-        merged = config.merge_lora
-    state.wait_for_everyone()
-    plot = write_loss_plot(out / METRICS_FILE, out / PLOT_FILE, title=title) if main else None
+    del model
+    with library_deprecations_hidden():
+        merged = save_trained_model(trainer, config, processor, out, state=state, bf16=bf16)
+    plot = None
+    if main:
+        plot = write_loss_plot(out / METRICS_FILE, out / PLOT_FILE, title=title)
+        if plot is None:
+            _report(f"no {PLOT_FILE}: no loss was logged (0 optimizer steps)", main)
+        card = {
+            "stage": "R-SFT",
+            "settings": config.to_dict(),
+            "resolved": resolved,
+            "summary": summary.to_dict(),
+            "metrics": read_metrics(out / METRICS_FILE),
+            "global_step": output.global_step,
+            "train_loss": output.training_loss,
+        }
+        write_model_card(out, merged=merged, location=str(out), **card)
+        if config.method != "full" and merged:  # the adapter kept beside the merged guard
+            write_model_card(out / ADAPTER_DIR, merged=False, location=str(out / ADAPTER_DIR), **card)
     return RSFTResult(
         output_dir=out,
         global_step=output.global_step,

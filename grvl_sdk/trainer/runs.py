@@ -7,8 +7,10 @@ Layout of ``output_dir`` after :func:`grvl_sdk.trainer.train_rsft`::
     checkpoint-N/                 trainer checkpoints (resume from the last one)
     rsft_config.yaml              the resolved settings, batch plan, versions
     data_summary.json             counts per modality and label, dropped samples
-    metrics.jsonl                 one line per logging step (loss, grad norm, lr, token accuracy...)
+    metrics.jsonl                 one line per logging step (loss, grad norm, lr, token accuracy...): every
+                                  ``logging_steps``, plus the first and the last step
     loss.png                      the loss curve (train and eval)
+    README.md                     the guard's model card (base model, data, recipe, results, how to load)
 
 ``rsft_config.yaml``, ``data_summary.json`` and every ``metrics.jsonl`` line carry a format ``version``
 (:mod:`grvl_sdk.data.versions`); a newer major version is refused when read.
@@ -87,7 +89,8 @@ def write_loss_plot(
 
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        axis.plot([s for s, _ in train], [v for _, v in train], label="train loss", linewidth=1.5)
+        marker = "o" if len(train) <= 20 else None  # a short run's few points stay visible
+        axis.plot([s for s, _ in train], [v for _, v in train], label="train loss", linewidth=1.5, marker=marker)
     if evals:
         axis.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="eval loss", linewidth=1.5)
     axis.set_xlabel("optimizer step")
@@ -108,10 +111,15 @@ def write_run_config(
     """Write a run's settings (``config.to_dict()``) and what it derived (``resolved``) as YAML, versioned.
 
     The file reads back as a config (:meth:`BaseTrainingConfig.from_yaml` checks ``version`` and ignores
-    ``resolved``).
+    ``resolved``). Relative paths in ``settings`` (relative to the working directory) are written absolute,
+    so the file means the same read from the run folder (paths in a config file are relative to its folder).
     """
+    from grvl_sdk.trainer.config_paths import rebase_settings
+
     yaml = require("yaml", extra="train")
     path = Path(output_dir) / name
+    nested = [key for key, value in settings.items() if isinstance(value, dict)]
+    settings = rebase_settings(settings, Path.cwd(), sections=nested)
     record = stamp("training-run", {**settings, "resolved": resolved})
     path.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
@@ -166,7 +174,9 @@ def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
 
 
 def run_recorder(output_dir: str | os.PathLike[str], *, title: str = "R-SFT") -> Any:
-    """A ``TrainerCallback`` writing ``metrics.jsonl`` and ``loss.png`` in ``output_dir`` (main process only)."""
+    """A ``TrainerCallback`` writing ``metrics.jsonl`` and ``loss.png`` in ``output_dir`` (main process only).
+
+    It also makes the trainer log the last step, whatever ``logging_steps``: every run has a loss curve."""
     transformers = require("transformers", extra="train")
 
     class RunRecorder(transformers.TrainerCallback):  # type: ignore[name-defined]
@@ -179,6 +189,11 @@ def run_recorder(output_dir: str | os.PathLike[str], *, title: str = "R-SFT") ->
             if state.is_world_process_zero:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 _trim_metrics(self.metrics, state.global_step)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # The last step is always logged, so a run shorter than logging_steps still has a loss curve.
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs:

@@ -12,8 +12,12 @@ requests keep failing is left undone (not recorded) and is tried again by the ne
 Output folder::
 
     records.jsonl   kept samples as GuardReasoner-VLTrain records (messages + images): R-SFT data
-    dropped.jsonl   samples dropped after max_attempts (id, reason, the teacher's last answer)
-    images/         in-memory images (PIL, bytes) saved as PNG for the records
+    dropped.jsonl   samples dropped after max_attempts (id, reason, the teacher's last answer); a sample
+                    kept by a later ``retry_dropped`` run leaves it
+    images/         every image of the records (files hard-linked or copied, in-memory ones saved as PNG);
+                    records name them relative to the file, so the folder can be moved as a whole
+
+``grvl train summary OUT/`` and ``train_data: [OUT]`` read the records (``dropped.jsonl`` is skipped).
 
 Resuming: samples whose key (``TrainingSample.key()``) is in either file are skipped, so an
 interrupted run continues where it stopped; a torn last line is repaired.
@@ -22,9 +26,12 @@ interrupted run continues where it stopped; a torn last line is repaired.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -46,14 +53,24 @@ from grvl_sdk.trainer.teacher import (
     teacher_messages,
     validate_teacher_answer,
 )
-from grvl_sdk.trainer.vltrain import sample_to_record
+from grvl_sdk.trainer.vltrain import SYNTHESIS_DROPPED, SYNTHESIS_RECORDS, sample_to_record
 
-__all__ = ["TEACHER_INSTRUCTION", "SynthesisReport", "synthesize", "teacher_messages", "validate_teacher_answer"]
+__all__ = [
+    "TEACHER_API_KEY_ENV_VAR",
+    "TEACHER_INSTRUCTION",
+    "SynthesisReport",
+    "synthesize",
+    "teacher_messages",
+    "validate_teacher_answer",
+]
 
 logger = logging.getLogger("grvl_sdk")
 
-RECORDS_FILE = "records.jsonl"
-DROPPED_FILE = "dropped.jsonl"
+#: The teacher's key when ``api_key`` is not given: the OpenAI client's own variable, since the teacher
+#: is any OpenAI-compatible API (the guard server's key is ``$GRVL_API_KEY``: see docs/api.md).
+TEACHER_API_KEY_ENV_VAR = "OPENAI_API_KEY"
+RECORDS_FILE = SYNTHESIS_RECORDS
+DROPPED_FILE = SYNTHESIS_DROPPED
 IMAGES_DIR = "images"
 
 
@@ -106,6 +123,58 @@ def _repair_and_read(path: Path, kind: str = "synthesis-record") -> set[str]:
     return ids
 
 
+def _file_stem(key: str) -> str:
+    """A file name for a sample key (ids may hold ``/``, ``..`` or spaces): safe characters, plus a hash when
+    any had to change, so two keys never share a name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:80]
+    if safe == key:
+        return safe
+    return f"{safe or 'sample'}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:10]}"
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holding ``source``'s bytes: a hard link where the file system allows it (no extra space),
+    a copy otherwise. An existing ``target`` (a resumed run) is replaced."""
+    if target.exists():
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _compact_dropped(path: Path, kept: set[str]) -> None:
+    """Rewrite ``dropped.jsonl`` without the samples that were kept since (``--retry-dropped``), one line per
+    sample (its latest drop). Lines that are not records are kept as they are."""
+    if not path.is_file():
+        return
+    latest: dict[str, str] = {}
+    others: list[str] = []
+    changed = False
+    for raw in path.read_text(encoding="utf-8").split("\n"):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            others.append(raw)
+            continue
+        key = value.get("id") if isinstance(value, dict) else None
+        if not isinstance(key, str):
+            others.append(raw)
+        elif key in kept:
+            changed = True
+        else:
+            changed |= key in latest
+            latest.pop(key, None)
+            latest[key] = raw
+    if not changed:
+        return
+    partial = path.with_suffix(".tmp")
+    partial.write_text("".join(line + "\n" for line in [*others, *latest.values()]), encoding="utf-8")
+    partial.replace(path)
+
+
 class _Writer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -119,14 +188,19 @@ class _Writer:
             handle.flush()
 
     def image_paths(self, sample: TrainingSample, key: str) -> list[str]:
+        """The sample's images as files under ``images/`` (paths relative to the records file), so the output
+        folder is self-contained: image files are linked (or copied), in-memory images saved as PNG."""
         paths: list[str] = []
         for index, image in enumerate(sample.images):
-            if isinstance(image, (str, os.PathLike)):
-                paths.append(str(Path(image).resolve()))
-                continue
             self.images.mkdir(parents=True, exist_ok=True)
-            name = f"{key}-{index}.png"
-            load_image(image).save(self.images / name, format="PNG")
+            stem = f"{_file_stem(key)}-{index}"
+            if isinstance(image, (str, os.PathLike)):
+                source = Path(image)
+                name = stem + source.suffix.lower()
+                _link_or_copy(source, self.images / name)
+            else:
+                name = f"{stem}.png"
+                load_image(image).save(self.images / name, format="PNG")
             paths.append(f"{IMAGES_DIR}/{name}")
         return paths
 
@@ -248,7 +322,7 @@ def synthesize(
     """Add teacher reasoning to ``samples``; writes ``records.jsonl`` (R-SFT data) in ``output_dir``.
 
     ``base_url`` is the teacher's OpenAI-compatible root (e.g. ``http://localhost:8000/v1``);
-    ``api_key`` defaults to ``$OPENAI_API_KEY``. Runs ``concurrency`` requests at once. Samples
+    ``api_key`` defaults to ``$OPENAI_API_KEY`` (``""``: no key sent). Runs ``concurrency`` requests at once. Samples
     already in the output are skipped (``retry_dropped=True`` asks again for dropped ones). Samples
     with no gold label at all are dropped as ``no_gold_label`` without asking.
     """
@@ -278,7 +352,7 @@ def synthesize(
             report.reasons["no_gold_label"] = report.reasons.get("no_gold_label", 0) + 1
             continue
         todo.append((key, sample))
-    api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    api_key = api_key if api_key is not None else os.environ.get(TEACHER_API_KEY_ENV_VAR)  # "": none sent
     teacher = Teacher(
         url=base_url.rstrip("/") + "/chat/completions",
         model=model,
@@ -289,16 +363,19 @@ def synthesize(
         backoff=backoff,
         extra_body=dict(extra_body or {}),
     )
-    if todo:
-        options: dict[str, Any] = {"concurrency": concurrency, "max_attempts": max_attempts, "timeout": timeout}
-        job = _run(todo, writer, teacher, report, max_pixels=max_pixels, progress=progress, **options)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(job)
-        else:  # called from async code (a notebook...): run the loop in a worker thread
-            import concurrent.futures
+    try:
+        if todo:
+            options: dict[str, Any] = {"concurrency": concurrency, "max_attempts": max_attempts, "timeout": timeout}
+            job = _run(todo, writer, teacher, report, max_pixels=max_pixels, progress=progress, **options)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(job)
+            else:  # called from async code (a notebook...): run the loop in a worker thread
+                import concurrent.futures
 
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, job).result()
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    pool.submit(asyncio.run, job).result()
+    finally:  # kept samples leave dropped.jsonl, even when the run is interrupted
+        _compact_dropped(writer.dropped, _repair_and_read(writer.records, "synthesis-record"))
     return report

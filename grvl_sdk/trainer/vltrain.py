@@ -27,11 +27,29 @@ from grvl_sdk.errors import DataError, ParseError
 from grvl_sdk.protocol.parsing import parse_output
 from grvl_sdk.protocol.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, parse_transcript
 
-__all__ = ["load_vltrain", "resolve_image", "sample_to_record", "vltrain_sample"]
+__all__ = ["load_vltrain", "resolve_image", "sample_to_record", "training_files", "vltrain_sample"]
+
+#: The files of a synthesis output folder (``grvl train synthesize --out``): the records, and the list of
+#: samples the teacher could not explain (not training data).
+SYNTHESIS_RECORDS = "records.jsonl"
+SYNTHESIS_DROPPED = "dropped.jsonl"
 
 logger = logging.getLogger("grvl_sdk")
 
 _ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def training_files(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> list[Path]:
+    """:func:`~grvl_sdk.data.readers.data_files`, less the files grvl writes beside training data that are not
+    samples: a synthesis folder's ``dropped.jsonl`` (when ``records.jsonl`` is beside it). A folder can be
+    passed as written by one command to the next."""
+    files = data_files(path, suffixes)
+    if Path(path).is_dir() and (Path(path) / SYNTHESIS_RECORDS).is_file():
+        kept = [f for f in files if f.name != SYNTHESIS_DROPPED]
+        if len(kept) < len(files):
+            logger.info("%s: %s skipped (samples the teacher could not explain)", path, SYNTHESIS_DROPPED)
+        files = kept
+    return files
 
 
 def _record_messages(record: Mapping[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
@@ -214,7 +232,7 @@ def load_vltrain(
                 errors=errors,
                 limit=limit,
             )
-        for file in data_files(path, (".json", ".jsonl")):
+        for file in training_files(path, (".json", ".jsonl")):
             for line, record in iter_records(file):
                 if limit is not None and len(samples) >= limit:
                     break

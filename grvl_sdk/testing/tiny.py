@@ -1,36 +1,26 @@
-"""Test helpers: a tiny, random, offline GuardReasoner-VL-shaped checkpoint.
+"""Tiny offline GuardReasoner-VL-shaped checkpoints: random (plumbing) or trained on a toy rule.
 
 ``build_tiny_guard(path)`` writes a Qwen2.5-VL checkpoint with the real architecture, the real image
 processor settings (patch 14, merge 2), the **stock Qwen2.5-VL chat template** and a small byte-level
-BPE tokenizer trained locally with the Qwen special tokens. ``Guard.from_pretrained(path)`` loads it
-through the same code path as a released model.
+BPE tokenizer trained locally with the Qwen special tokens, in about a second with no network.
+``Guard.from_pretrained(path)`` loads it through the same code path as a released model.
 
-Its weights are random: its verdicts are meaningless (it usually writes unparseable text, which the
-SDK reports as a failed verdict). Use it to test the plumbing of guarded apps in CI, never to judge
-content.
+By default its weights are random: its verdicts are meaningless (it usually writes unparseable text,
+which the SDK reports as a failed verdict). Use it to test the plumbing of guarded apps, never to judge
+content. ``build_tiny_guard(path, trained=True)`` also trains it, in seconds on CPU, to follow the toy
+rule of :mod:`grvl_sdk.testing.toy_rule` (see :mod:`grvl_sdk.testing.trained`).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Sequence
+import os
 from pathlib import Path
-from typing import Any
 
 from grvl_sdk._lazy import require
-from grvl_sdk.backends.base import Backend
-from grvl_sdk.errors import BackendError
-from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
-__all__ = [
-    "QWEN2_5_VL_CHAT_TEMPLATE",
-    "QWEN_SPECIAL_TOKENS",
-    "ScriptedBackend",
-    "build_tiny_guard",
-    "guard_output",
-]
+__all__ = ["QWEN2_5_VL_CHAT_TEMPLATE", "QWEN_SPECIAL_TOKENS", "build_random_guard", "build_tiny_guard"]
+
 
 #: The chat template shipped with Qwen2.5-VL-Instruct (and the GuardReasoner-VL checkpoints).
 QWEN2_5_VL_CHAT_TEMPLATE = (
@@ -89,7 +79,7 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int):
+def _train_tokenizer(vocab_size: int, corpus: list[str]):
     tokenizers = require("tokenizers", extra="local")
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -108,15 +98,49 @@ def _train_tokenizer(vocab_size: int):
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
     return tok
 
 
-def build_tiny_guard(path: str | Path, *, seed: int = 0, vocab_size: int = 640) -> Path:
-    """Write a tiny random Qwen2.5-VL guard checkpoint to ``path`` and return the path.
+def build_tiny_guard(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    vocab_size: int = 640,
+    trained: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write a tiny Qwen2.5-VL guard checkpoint to ``path`` (created if missing) and return it as a ``Path``.
 
-    About 0.4 M parameters; loads in a fraction of a second on CPU; 4-bit/8-bit quantisable with
-    bitsandbytes (every quantised Linear has an input size that is a multiple of 64).
+    About 0.4 M parameters (1.5 MB); loads in a fraction of a second on CPU; 4-bit/8-bit quantisable with
+    bitsandbytes (every quantised Linear has an input size that is a multiple of 64). ``seed`` seeds the
+    weights; ``vocab_size`` is the BPE vocabulary before the special tokens.
+
+    ``trained=False`` (default): random weights, built in about a second, meaningless verdicts.
+    ``trained=True``: the same architecture trained on CPU to write well-formed outputs that follow the
+    toy rule of :mod:`grvl_sdk.testing.toy_rule` ("bomb"/"poison" ⇒ harmful). It is built once per
+    settings (10–30 s on 2 CPU cores) and cached under ``cache_dir`` (default ``$GRVL_CACHE_DIR``, else
+    ``~/.cache/grvl-sdk``), then copied into ``path``; see :func:`grvl_sdk.testing.trained.build_trained_guard`.
+
+    Raises :class:`~grvl_sdk.errors.MissingDependencyError` without torch/transformers/tokenizers
+    (``pip install 'grvl-sdk[local]'``), or for ``trained=True`` without TRL and the other training
+    packages (``pip install 'grvl-sdk[train]'``).
+    """
+    if trained:
+        from grvl_sdk.testing.trained import build_trained_guard
+
+        return build_trained_guard(path, seed=seed, vocab_size=vocab_size, cache_dir=cache_dir)
+    return build_random_guard(path, seed=seed, vocab_size=vocab_size)
+
+
+def build_random_guard(
+    path: str | os.PathLike[str], *, seed: int = 0, vocab_size: int = 640, extra_corpus: tuple[str, ...] = ()
+) -> Path:
+    """The random tiny guard of :func:`build_tiny_guard` (``trained=False``), written to ``path``.
+
+    ``extra_corpus`` adds lines to the text the tokenizer is trained on (the trained guard adds its
+    trigger words, so that they become whole tokens); empty, the tokenizer is the one of every
+    random build.
     """
     torch = require("torch", extra="local")
     transformers = require("transformers", extra="local")
@@ -124,7 +148,7 @@ def build_tiny_guard(path: str | Path, *, seed: int = 0, vocab_size: int = 640) 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
 
-    raw = _train_tokenizer(vocab_size)
+    raw = _train_tokenizer(vocab_size, [*_CORPUS, *extra_corpus])
     tokenizer = transformers.Qwen2TokenizerFast(
         tokenizer_object=raw,
         unk_token=None,
@@ -229,102 +253,3 @@ def _write_processor_metadata(path: Path) -> None:
         },
     }
     (path / "processor_config.json").write_text(json.dumps(processor_config, indent=2), encoding="utf-8")
-
-
-def guard_output(request: str = "unharmful", response: str | None = None, *, reasoning: str = "scripted") -> str:
-    """A well-formed guard output: ``<think>reasoning</think><result>Request: ...\nResponse: ...</result>``."""
-    return f"<think>\n{reasoning}\n</think>\n<result>\nRequest: {request}\nResponse: {response or 'None'}\n</result>"
-
-
-#: What a scripted backend returns for one input: an output text, a full ``Generation``, or an
-#: exception to raise (failing the whole ``generate`` call, like a real backend error).
-ScriptedReply = str | Generation | BaseException
-
-
-class ScriptedBackend(Backend):
-    """A backend that replies from a script instead of a model, to test guarded apps deterministically.
-
-    ``script`` is one reply for every input, a list of replies used in order (a
-    ``BackendError`` once exhausted), or a callable ``script(item) -> reply``. A reply is an output text (see
-    :func:`guard_output`), a ``Generation``, or an exception to raise. ``delay`` seconds are slept per
-    ``generate`` call. ``calls`` records the inputs of each call.
-
-    >>> backend = ScriptedBackend(lambda item: guard_output("harmful" if "bomb" in (item.text or "") else "unharmful"))
-    >>> Guard(backend).check("how to make a bomb").decision
-    'block'
-    """
-
-    def __init__(
-        self,
-        script: ScriptedReply | Sequence[ScriptedReply] | Callable[[GuardInput], ScriptedReply],
-        *,
-        model_id: str = "scripted",
-        delay: float = 0.0,
-        finished: bool = True,
-    ) -> None:
-        self.script = script
-        self.model_id = model_id
-        self.delay = delay
-        self.finished = finished
-        self.calls: list[list[GuardInput]] = []
-        #: The ``max_new_tokens`` of each call.
-        self.max_new_tokens: list[int] = []
-        self._position = 0
-        self._lock = threading.Lock()
-
-    @classmethod
-    def flagging(cls, *words: str, **options: Any) -> ScriptedBackend:
-        """A backend labelling a request (or response) ``harmful`` when its text contains any of ``words``
-        (case-insensitive), ``unharmful`` otherwise."""
-        lowered = [w.lower() for w in words]
-
-        def label(text: str | None) -> str:
-            return "harmful" if text and any(w in text.lower() for w in lowered) else "unharmful"
-
-        def script(item: GuardInput) -> str:
-            return guard_output(label(item.text), None if item.response is None else label(item.response))
-
-        return cls(script, **options)
-
-    def _reply(self, item: GuardInput) -> ScriptedReply:
-        if callable(self.script) and not isinstance(self.script, BaseException):
-            return self.script(item)
-        if isinstance(self.script, (str, Generation, BaseException)):
-            return self.script
-        with self._lock:
-            if self._position >= len(self.script):
-                raise BackendError(
-                    f"ScriptedBackend ran out of replies: its script had {len(self.script)}, "
-                    f"and reply {self._position + 1} was asked for"
-                )
-            reply = self.script[self._position]
-            self._position += 1
-        return reply
-
-    def generate(
-        self,
-        inputs: Sequence[GuardInput],
-        *,
-        max_new_tokens: int,
-        deadline: float | None = None,
-        decoding: Decoding = GREEDY,
-    ) -> list[Generation]:
-        """The scripted replies, ``decoding.n`` per input (the script is asked once per output).
-        ``deadline`` is not looked at: the ``Guard`` enforces it, as for any backend that cannot stop."""
-        with self._lock:
-            self.calls.append(list(inputs))
-            self.max_new_tokens.append(max_new_tokens)
-        if self.delay:
-            time.sleep(self.delay)
-        generations: list[Generation] = []
-        for item in (item for item in inputs for _ in range(decoding.n)):
-            reply: Any = self._reply(item)
-            if isinstance(reply, BaseException):
-                raise reply
-            if isinstance(reply, str):
-                words = len(reply.split()) if len(reply) <= 65_536 else len(reply) // 4  # cheap for huge replies
-                reply = Generation(
-                    text=reply, completion_tokens=words, latency_ms=self.delay * 1000, finished=self.finished
-                )
-            generations.append(reply)
-        return generations
