@@ -50,6 +50,9 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXE
 # -- sources --------------------------------------------------------------------------------------
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _decode_base64(data: str, what: str) -> bytes:
     compact = "".join(data.split())
     try:
@@ -198,7 +201,9 @@ def _open(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        raise ImageError(f"cannot read image: {type(exc).__name__}: {exc}") from exc
+        # PIL names the in-memory file by its repr (a heap address): not for error messages sent to callers
+        detail = _OBJECT_REPR.sub("the image data", str(exc))
+        raise ImageError(f"cannot read image: {type(exc).__name__}: {detail}") from exc
     except (MemoryError, OverflowError, RuntimeError, ZeroDivisionError, struct.error) as exc:
         raise ImageError(f"corrupt image: {type(exc).__name__}: {exc}") from exc
 

@@ -12,9 +12,10 @@
 
   — but never past the deadline: when the time left is shorter than reasoning is expected to take
   (mean output tokens of earlier think generations ÷ their measured tokens per second) and
-  ``auto_short_deadline="fast"`` (default), the fast answer is kept (``tier.skipped="deadline"``);
-  with ``"think"`` reasoning is tried anyway and a check it cannot finish in time fails closed. The
-  think generation itself always runs under the check's deadline.
+  ``auto_short_deadline="fast"`` (default), the fast answer is kept (``tier.skipped="deadline"``),
+  and so it is when reasoning was tried (no estimate yet, or slower than measured) and the deadline
+  cut it; with ``"think"`` reasoning is tried anyway and a check it cannot finish in time fails
+  closed. The think generation itself always runs under the check's deadline.
 
 Every fast or auto verdict records the tier in ``Verdict.tier`` (:class:`~grvl_sdk.verdict.TierInfo`):
 which path answered, the scores of both tiers, the time of each. An escalated verdict's ``usage``
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from grvl_sdk.backends.batching import agenerate_isolated, generate_isolated
-from grvl_sdk.errors import FastModeUnsupportedError, GuardClosedError, InputError, ParseError
+from grvl_sdk.errors import DeadlineExceededError, FastModeUnsupportedError, GuardClosedError, InputError, ParseError
 from grvl_sdk.protocol.fast import is_fast_output, label_mass
 from grvl_sdk.types import FAST, Generation, GuardInput
 from grvl_sdk.verdict import TierInfo, Usage, Verdict
@@ -243,8 +244,23 @@ class TieredJudge:
                 info = fasts[index].tier.model_copy(update={"escalation": reason, "skipped": "deadline"})  # type: ignore[union-attr]
                 results[index] = fasts[index].model_copy(update={"tier": info})
         for index, (think, think_ms) in zip(run, thinks, strict=True):
-            results[index] = self._combine(fasts[index], think, think_ms, wanted[index])
+            fast = fasts[index]
+            if self._ran_out(fast, think):  # reasoning was tried and the deadline cut it: the fast answer
+                info = fast.tier.model_copy(update={"escalation": wanted[index], "skipped": "deadline"})  # type: ignore[union-attr]
+                results[index] = fast.model_copy(update={"tier": info})
+                continue
+            results[index] = self._combine(fast, think, think_ms, wanted[index])
         return results
+
+    def _ran_out(self, fast: Verdict, think: Verdict) -> bool:
+        """Whether a think step failed only for the deadline while a usable fast answer exists (kept
+        with ``auto_short_deadline="fast"``: no estimate yet, or reasoning slower than measured)."""
+        return (
+            self.settings.short_deadline == "fast"
+            and not fast.failed
+            and think.error is not None
+            and think.error.code == DeadlineExceededError.code
+        )
 
     # -- sync / async ----------------------------------------------------------------------------
     def judge(self, items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Verdict]:

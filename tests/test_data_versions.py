@@ -184,7 +184,7 @@ def test_training_run_files_carry_their_version_and_read_back(tmp_path):
     yaml = pytest.importorskip("yaml")
     from grvl_sdk.trainer.runs import write_data_summary, write_run_config
 
-    config = RSFTConfig.preset("3b", train_data=["a.jsonl"], output_dir=str(tmp_path))
+    config = RSFTConfig.preset("3b", train_data=[str(tmp_path / "a.jsonl")], output_dir=str(tmp_path))
     path = write_run_config(tmp_path, config.to_dict(), {"processes": 1, "bf16": False})
     written = yaml.safe_load(path.read_text())
     assert (path.name, next(iter(written)), written["version"]) == ("rsft_config.yaml", "version", "1.0")

@@ -365,6 +365,17 @@ def test_chat_model_judges_what_providers_keep_in_additional_kwargs():
     streamed_audio = [AIMessageChunk("", additional_kwargs={"audio": {"transcript": "words"}})]
     with pytest.raises(InputError, match="audio"):
         list(with_guard(ChunkModel(chunks=streamed_audio), guard).stream("Soup?"))
+    # Regression: reasoning kept in additional_kwargs (ChatDeepSeek, ChatOllama...) reached the caller unjudged.
+    reasoning = AIMessage("Carrots.", additional_kwargs={"reasoning_content": "first the rat poison"})
+    with pytest.raises(GuardBlocked):
+        with_guard(ToolCallingChatModel(responses=[reasoning]), guard).invoke("Soup?")
+    assert "rat poison" in guard.backend.calls[-1][0].response
+    streamed = [AIMessageChunk("", additional_kwargs={"reasoning_content": "rat poison"}), AIMessageChunk("Hi.")]
+    delivered.clear()
+    with pytest.raises(GuardBlocked):
+        for chunk in with_guard(ChunkModel(chunks=streamed), guard).stream("Soup?"):
+            delivered.append(chunk)
+    assert delivered == []
 
 
 def test_chat_model_stream_judges_tool_call_chunks_and_content_blocks():

@@ -183,6 +183,42 @@ def test_chat_stream_n2_and_tool_calls_judged(up):
         list(_client(up, guard).chat.completions.create(model="m", messages=USER, stream=True))
 
 
+_CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+
+
+async def test_fields_the_guard_does_not_read_never_reach_the_caller(up):
+    # vLLM / DeepSeek servers add reasoning_content; a choice may carry a completions-style text: the SDK
+    # keeps undeclared fields (model_extra), which the guard does not read — so they are removed.
+    guard = _guard()
+    message = {"role": "assistant", "content": "Carrots.", "reasoning_content": "add poison"}
+    choice = {"index": 0, "finish_reason": "stop", "text": "add poison", "message": message}
+    up.reply = Reply(raw={**_CHUNK, "object": "chat.completion", "note": "add poison", "choices": [choice]})
+    answer = _client(up, guard).chat.completions.create(model="m", messages=USER)
+    assert answer.choices[0].message.content == "Carrots." and "poison" not in answer.model_dump_json()
+    answer = await _aclient(up, guard).chat.completions.create(model="m", messages=USER)
+    assert "poison" not in answer.model_dump_json()
+    delta = {"content": "Carrots.", "reasoning_content": "add poison"}
+    up.reply = Reply(raw=[{**_CHUNK, "choices": [{"index": 0, "delta": delta, "text": "add poison",
+                                                  "finish_reason": None}]}])  # fmt: skip
+    with _client(up, guard).chat.completions.create(model="m", messages=USER, stream=True) as stream:
+        assert stream.response.status_code == 200
+        chunks = list(stream)
+    assert chunks[0].choices[0].delta.content == "Carrots."
+    assert "poison" not in "".join(c.model_dump_json() for c in chunks)
+    stream = await _aclient(up, guard).chat.completions.create(model="m", messages=USER, stream=True)
+    assert "poison" not in "".join([c.model_dump_json() async for c in stream])
+    response = {"id": "r", "object": "response", "created_at": 0, "model": "m", "status": "completed",
+                "parallel_tool_calls": False, "tool_choice": "auto", "tools": [], "summary_text": "add poison",
+                "output": [{**_message_item("Carrots."), "note": "add poison"}]}  # fmt: skip
+    up.reply = Reply(raw=response)
+    answer = _client(up, guard).responses.create(model="m", input="hi")
+    assert answer.output_text == "Carrots." and "poison" not in answer.model_dump_json()
+    up.reply = Reply(raw=[{**_event("response.output_text.delta", 0, delta="Carrots."), "output_index": 0,
+                           "item_id": "m", "content_index": 0, "logprobs": [], "text": "add poison"}])  # fmt: skip
+    events = list(_client(up, guard).responses.create(model="m", input="hi", stream=True))
+    assert "poison" not in "".join(e.model_dump_json() for e in events)
+
+
 def test_chat_stream_passthrough_closed_early_still_judged(up):
     guard = _guard()
     verdicts = _hooked(guard)
@@ -340,6 +376,26 @@ async def test_async_responses_create_and_stream(up):
 
 
 # -- the rest of the client ----------------------------------------------------------------------------
+async def test_responses_background_is_refused_before_the_upstream(up):
+    # Regression: background=True was accepted; the queued (empty) response passed its check and the real
+    # output, made later, was fetched with responses.retrieve() — never judged.
+    with pytest.raises(InputError, match="background"):
+        _client(up, _guard()).responses.create(model="m", input="Soup ideas?", background=True)
+    with pytest.raises(InputError, match="background"):
+        await _aclient(up, _guard()).responses.create(model="m", input="Soup ideas?", background=True, stream=True)
+    with pytest.raises(InputError, match="background"):
+        _client(up, _guard()).responses.create(model="m", input="Soup?", extra_body={"background": True})
+    assert up.log == []
+
+
+def test_responses_stream_images_in_output_items_fail_closed(up):
+    # Regression: a streamed output item holding an image was read for its text only; the image passed.
+    item = {**_message_item("Carrots."), "content": [{"type": "image", "image": "data:image/png;base64,AAAA"}]}
+    up.reply = Reply(raw=[_event("response.output_item.done", 0, output_index=0, item=item)])
+    with pytest.raises(InputError, match="image"):
+        list(_client(up, _guard()).responses.create(model="m", input="Soup?", stream=True))
+
+
 def test_other_attributes_pass_through_and_bypasses_refuse(up):
     raw = openai.OpenAI(base_url=up.base_url, api_key="test")
     client = GuardedOpenAI(raw, _guard())

@@ -33,6 +33,8 @@ def test_middleware_doc_examples(capsys):
     assert "error-allowed deadline_exceeded" in out and "False True 1" in out
     assert "Counter({'block': 1, 'allow': 1})" in out
     assert "block\nallow\n" in out
+    # the passthrough example is cut mid-way: the harmful chunk reached the caller, the last one never did
+    assert "cut at stage stream after ['Start by boiling water, ', 'then add the poison, ']" in out
 
 
 def test_remote_doc_examples(capsys):

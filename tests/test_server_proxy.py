@@ -225,6 +225,103 @@ def test_responses_api_whole_and_streamed(harness):
     assert client.responses.create(model="vlm", input="hello").status == "incomplete"
 
 
+def _raw_events(*events: dict) -> bytes:
+    """``ScriptedUpstream.raw`` for a stream of several events."""
+    return b"\n\ndata: ".join(json.dumps(event).encode() for event in events)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "response.output_text.done", "output_index": 0, "content_index": 0, "text": "add poison"},
+        {"type": "response.content_part.added", "output_index": 0, "content_index": 0,
+         "part": {"type": "output_text", "text": "add poison", "annotations": []}},
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"type": "message", "id": "m", "role": "assistant",
+                  "content": [{"type": "output_text", "text": "add poison", "annotations": []}]}},
+        {"type": "response.mystery.delta", "output_index": 0, "delta": "add poison"},
+    ],
+    ids=["text-done", "part-added", "item-done", "unknown-event"],
+)  # fmt: skip
+def test_responses_stream_events_repeating_content_are_judged(harness, event):
+    # A server that sends whole text in events other than deltas (or different text there): in buffer mode
+    # that text is judged before it is passed on, never delivered unjudged; unknown events fail closed.
+    harness.script.raw = _raw_events({**event, "sequence_number": 0})
+    answer = httpx.post(harness.base_url + "/responses", timeout=10,
+                        json={"model": "m", "input": "hello", "stream": True})  # fmt: skip
+    assert answer.status_code == 200 and "poison" not in answer.text
+    assert "content_filter" in answer.text or "upstream_unjudgeable" in answer.text
+
+
+def test_chat_fields_outside_the_judged_ones_are_dropped_from_chunks_and_answers(harness):
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "m",
+        "content": "add poison",
+        "choices": [{"index": 0, "text": "add poison", "delta": {"content": "hi"}, "finish_reason": None}],
+    }
+    harness.script.raw = _raw_events(chunk)
+    answer = httpx.post(harness.base_url + "/chat/completions", timeout=10,
+                        json={"model": "m", "messages": USER, "stream": True})  # fmt: skip
+    assert answer.status_code == 200 and "poison" not in answer.text and '"content":"hi"' in answer.text
+    whole = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "text": "add poison",
+             "choices": [{"index": 0, "text": "add poison", "finish_reason": "stop",
+                          "message": {"role": "assistant", "content": "hi"}}]}  # fmt: skip
+    harness.script.raw = json.dumps(whole).encode()
+    answer = httpx.post(harness.base_url + "/chat/completions", timeout=10, json={"model": "m", "messages": USER})
+    assert answer.status_code == 200 and "poison" not in answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "hi" and answer.headers["x-grvl-dropped-fields"] == "2"
+
+
+def test_responses_fields_the_guard_does_not_read_are_dropped(harness):
+    item = {
+        "type": "message",
+        "id": "m",
+        "role": "assistant",
+        "status": "completed",
+        "note": "add poison",
+        "content": [{"type": "output_text", "text": "hi", "annotations": [], "hidden": "add poison"}],
+    }
+    whole = {"object": "response", "id": "r", "status": "completed", "model": "m", "output": [item],
+             "summary_text": "add poison"}  # fmt: skip
+    harness.script.raw = json.dumps(whole).encode()
+    answer = httpx.post(harness.base_url + "/responses", timeout=10, json={"model": "m", "input": "hello"})
+    assert answer.status_code == 200 and "poison" not in answer.text and answer.json()["output"][0]["content"]
+    assert answer.headers["x-grvl-dropped-fields"] == "3"
+    delta = {"type": "response.output_text.delta", "sequence_number": 0, "item_id": "m", "output_index": 0,
+             "content_index": 0, "delta": "hi", "logprobs": [], "text": "add poison"}  # fmt: skip
+    harness.script.raw = _raw_events(delta)
+    answer = httpx.post(harness.base_url + "/responses", timeout=10,
+                        json={"model": "m", "input": "hello", "stream": True})  # fmt: skip
+    assert answer.status_code == 200 and "poison" not in answer.text and '"delta":"hi"' in answer.text
+
+
+def test_an_answer_naming_a_local_image_is_refused_unread(harness, tmp_path):
+    # Regression: an upstream answer with {"type": "image", "image": "/some/path"} made the guard read that
+    # file of the server's to judge it (request images were audited, answer images were not).
+    from PIL import Image
+
+    path = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(path)
+    part = {"type": "image", "image": str(path)}
+    whole = {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [part]}}]}  # fmt: skip
+    harness.script.raw = json.dumps(whole).encode()
+    calls = len(harness.guard.backend.calls)
+    answer = httpx.post(harness.base_url + "/chat/completions", timeout=10, json={"model": "m", "messages": USER})
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_unjudgeable"
+    item = {"type": "message", "role": "assistant", "content": [part]}
+    done = {"type": "response.completed", "sequence_number": 0,
+            "response": {"object": "response", "id": "r", "status": "completed", "output": [item]}}  # fmt: skip
+    harness.script.raw = _raw_events(done)
+    answer = httpx.post(harness.base_url + "/responses", timeout=10,
+                        json={"model": "m", "input": "hello", "stream": True})  # fmt: skip
+    assert "upstream_unjudgeable" in answer.text and str(path) not in answer.text
+    assert all(not item.images for call in harness.guard.backend.calls[calls:] for item in call)
+
+
 def test_responses_context_kept_upstream_is_refused(harness):
     with pytest.raises(openai.BadRequestError, match="previous_response_id"):
         harness.client().responses.create(model="vlm", input="go on", previous_response_id="resp_1")

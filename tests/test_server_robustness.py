@@ -219,3 +219,35 @@ def test_no_endpoint_reads_a_file_of_the_server(tmp_path):
                                                                                   "images": [path]})  # fmt: skip
             assert answer.status_code == 400
         assert h.script.log == [] and backend.calls == []
+
+
+def test_unreadable_images_get_errors_without_object_addresses(harness):
+    # Regression: PIL's "cannot identify image file <_io.BytesIO object at 0x7f...>" reached the caller,
+    # a heap address in an error body.
+    import base64
+
+    junk = "data:image/png;base64," + base64.b64encode(b"not an image at all").decode()
+    root = harness.base_url.removesuffix("/v1")
+    for path, body in [
+        ("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": junk}}]}),
+        ("/beta/litellm_basic_guardrail_api", {"texts": ["hi"], "images": [junk], "input_type": "request"}),
+        ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": junk}}]}]}),
+    ]:  # fmt: skip
+        answer = httpx.post(root + path, json=body, timeout=10)
+        assert answer.status_code == 400 and "cannot read image" in answer.text, (path, answer.text)
+        assert "object at 0x" not in answer.text
+
+
+def test_a_stream_lasts_no_longer_than_stream_timeout():
+    # Regression: a proxied stream had no overall limit — a client that stops reading (or an upstream that
+    # trickles) held its concurrency slot for as long as the stream went on.
+    with Harness(stream_timeout=0.5) as h:
+        h.script.reply = lambda body: "word " * 400
+        h.script.chunk_delay = 0.02  # ~4 s of stream
+        started = time.perf_counter()
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        answer = httpx.post(h.base_url + "/chat/completions", timeout=10, json=body)
+        assert time.perf_counter() - started < 3
+        assert answer.status_code == 200 and "stream_timeout" in answer.text
+        assert wait_until(lambda: h.script.streams_closed == 1, timeout=5)  # the upstream stream was closed

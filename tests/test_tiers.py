@@ -86,6 +86,40 @@ def test_branch_logprobs_sums_the_tokens_spelling_each_label():
         branch_logprobs({" harmful": 0.5})
 
 
+def test_a_harmful_label_below_the_servers_top_list_gets_its_largest_possible_probability():
+    """Only `` unharmful`` listed (0.02) with a 20th token at 0.015: P(harmful) may be up to 0.015, not 0 —
+    reading it as ``-inf`` made a silent, fully confident ``unharmful``."""
+    alternatives = {" unharmful": math.log(0.02), "<think>": math.log(0.9), "\n": math.log(0.015)}
+    harmful, unharmful = branch_logprobs(alternatives)
+    assert math.exp(harmful) == pytest.approx(0.015) and math.exp(unharmful) == pytest.approx(0.02)
+    # bounded by what the list leaves: 1 - 0.97 = 0.03 < the smallest listed 0.5
+    harmful, _ = branch_logprobs({" unharmful": math.log(0.5), "<think>": math.log(0.47)})
+    assert math.exp(harmful) == pytest.approx(0.03)
+    # the list holds all the probability: harmful really is 0
+    assert branch_logprobs({" unharmful": 0.0})[0] == -math.inf
+
+
+def test_local_fast_mode_fails_closed_on_nan_logits(tiny_guard):
+    """NaN logits read as ``min(0.0, nan) == 0.0`` for both labels (a fake certainty, label mass 2):
+    the fast tier must fail instead."""
+    import torch
+
+    from grvl_sdk.errors import BackendError
+
+    def poison(module, args, output):
+        output.logits = torch.full_like(output.logits, float("nan"))
+        return output
+
+    handle = tiny_guard.backend.model.register_forward_hook(poison)
+    try:
+        with pytest.raises(BackendError, match="NaN"):
+            tiny_guard.backend.generate([GuardInput(text="hello")], max_new_tokens=8, decoding=FAST)
+        verdict = tiny_guard.with_options(mode="fast", cache_size=0).check("hello")
+        assert verdict.failed and verdict.blocked and verdict.request_label is None
+    finally:
+        handle.remove()
+
+
 def test_fast_decoding_is_greedy_single_output():
     assert FAST.tier == "fast" and FAST != GREEDY
     with pytest.raises(InputError, match="n=1"):
@@ -175,6 +209,30 @@ def test_auto_keeps_the_fast_answer_when_the_deadline_is_too_short_for_reasoning
     # "think": reasoning is tried anyway (the scripted backend answers at once here).
     trying = guard.with_options(auto_short_deadline="think")
     assert trying.check("score=0.5", policy={"deadline": 0.5}).tier.path == "think"
+
+
+def test_auto_gives_back_the_fast_answer_when_the_deadline_cuts_reasoning_short():
+    """No speed estimate yet (first check), so reasoning is tried; the deadline passes during it. The
+    default keeps the fast answer rather than failing; ``"think"`` fails closed."""
+    import time
+
+    from grvl_sdk.errors import DeadlineExceededError
+
+    class SlowThink(TieredBackend):
+        def generate(self, inputs, *, max_new_tokens, deadline=None, decoding=GREEDY):
+            if decoding.tier != "fast":
+                time.sleep(max(0.0, deadline - time.monotonic()) if deadline else 0.0)
+                raise DeadlineExceededError("deadline passed while reasoning")
+            return super().generate(inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding)
+
+    guard = Guard(SlowThink(), mode="auto", cache_size=0)
+    started = time.monotonic()
+    verdict = guard.check("score=0.3", policy={"deadline": 0.2})
+    assert time.monotonic() - started < 1.0
+    assert (verdict.tier.path, verdict.tier.escalation, verdict.tier.skipped) == ("fast", "uncertain", "deadline")
+    assert not verdict.failed and verdict.request_label == "unharmful" and verdict.request_score == pytest.approx(0.3)
+    strict = guard.with_options(auto_short_deadline="think").check("score=0.3", policy={"deadline": 0.2})
+    assert strict.failed and strict.error.code == "deadline_exceeded" and strict.blocked
 
 
 def test_fast_mode_fails_closed_on_a_backend_without_a_fast_tier():

@@ -66,6 +66,24 @@ def test_presets_and_yaml_round_trip(tmp_path):
         ({"clip_schedule": "exponential"}, "clip_schedule"),
         ({"use_vllm": "maybe"}, "use_vllm"),
         ({"unknown_key": 1}, "unknown_key"),
+        # not numbers, or not finite: a typed error, not a TypeError in a comparison or a NaN loss
+        ({"temperature": None}, "temperature"),
+        ({"learning_rate": [1e-6]}, "learning_rate"),
+        ({"reward_beta": None}, "reward_beta"),
+        ({"epsilon": float("nan")}, "epsilon"),
+        ({"clip_floor": float("inf")}, "clip_floor"),
+        ({"top_p": True}, "top_p"),
+        ({"epsilon_high": {"a": 1}}, "epsilon_high"),
+        # cispo reads epsilon_high as a ratio cap: the schedule shrinking it to 0 would zero the loss
+        ({"loss_type": "cispo"}, "loss_type"),
+        ({"loss_type": "sapo"}, "loss_type"),
+        # integers: TRL's config takes any value unchecked and fails mid-run
+        ({"max_steps": "abc"}, "max_steps"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"seed": 2.5}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"save_total_limit": 0}, "save_total_limit"),
+        ({"dataloader_num_workers": -1}, "dataloader_num_workers"),
     ],
 )
 def test_impossible_settings_are_refused(changes, field):
@@ -220,3 +238,19 @@ def test_eco_answers_are_shorter_at_similar_accuracy(standard_run, start_guard, 
         )
     assert lengths[1] < lengths[0] - 1.0
     assert abs(accuracy[1] - accuracy[0]) < 0.25
+
+
+def test_warmup_ratio_reaches_the_trainer_as_a_share_of_the_steps():
+    """transformers >= 5 has no ``warmup_ratio``: a float ``warmup_steps`` below 1 is the ratio. 0.1 of 200
+    optimizer steps is 20 warm-up steps, in both stages."""
+    pytest.importorskip("trl")
+    from grvl_sdk.trainer.grpo_trainer import _grpo_args
+    from grvl_sdk.trainer.rsft_config import RSFTConfig
+    from grvl_sdk.trainer.rsft_trainer import _sft_args
+
+    rl = GuardRLConfig(output_dir="/tmp/never-written", use_cpu=True, warmup_ratio=0.1)
+    args = _grpo_args(rl, rl.rollout_plan(1), bf16=False, use_vllm=False, has_eval=False)
+    assert args.get_warmup_steps(200) == 20
+    sft = RSFTConfig(output_dir="/tmp/never-written", use_cpu=True, warmup_ratio=0.1)
+    assert _sft_args(sft, sft.batch_plan(1), bf16=False, has_eval=False).get_warmup_steps(200) == 20
+    assert _sft_args(sft.replace(warmup_ratio=0.0), sft.batch_plan(1), False, False).get_warmup_steps(200) == 0

@@ -126,3 +126,52 @@ def test_a_killed_stage_resumes_and_finished_stages_are_not_redone(tiny_guard_pa
 
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config.to_dict()), encoding="utf-8")
     assert grvl(["train", "pipeline", "--config", str(tmp_path / "pipeline.yaml")]) == 0
+
+
+def test_a_finished_stage_with_changed_settings_is_refused_not_mixed(tmp_path, monkeypatch):
+    """Stages recorded as done with other settings (here rl.reward_beta, then sample.k) are not skipped
+    silently; unchanged settings skip them; nothing is rewritten before the refusal."""
+    from grvl_sdk.errors import TrainingConfigError
+    from grvl_sdk.trainer import pipeline
+
+    records, bench = write_data(tmp_path / "data")
+    config = pipeline_config(tmp_path / "base", tmp_path / "run", records, bench)
+    done = tmp_path / "run" / "done.txt"
+    done.parent.mkdir(parents=True)
+    done.write_text("x")
+
+    def fake(stage):
+        return lambda cfg, outputs: {"model": str(done), "train": str(done), "validation": str(done),
+                                     "table": str(done), "metrics": str(done)}  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "_RUNNERS", {stage: fake(stage) for stage in pipeline.STAGES})
+    assert set(run_pipeline(config).status.values()) == {"off", "ran"}
+    assert set(run_pipeline(config).status.values()) == {"off", "skipped"}  # unchanged: skipped
+    written = (tmp_path / "run" / "pipeline.yaml").read_text()
+    changed = PipelineConfig(**{**config.to_dict(), "rl": {**config.rl, "reward_beta": 1 / 6}})
+    with pytest.raises(TrainingConfigError, match=r"rl stage finished .* other settings \(changed: rl\)") as caught:
+        run_pipeline(changed)
+    assert caught.value.details.get("field") == "rl"
+    assert (tmp_path / "run" / "pipeline.yaml").read_text() == written
+    resampled = PipelineConfig(**{**config.to_dict(), "sample": {**config.sample, "k": 4}})
+    with pytest.raises(TrainingConfigError, match="sample stage"):
+        run_pipeline(resampled)
+    # A stage switched off is not checked.
+    assert run_pipeline(PipelineConfig(**{**config.to_dict(), "evaluate": None})).status["evaluate"] == "off"
+
+
+def test_a_name_equals_path_benchmark_in_a_pipeline_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    (folder / "pipeline.yaml").write_text(
+        "train_data: [labelled.jsonl]\n"
+        "evaluate: {benchmarks: [ToxicChat, SimpleSafetyTests=data/sst.json, 'OpenAIModeration=/abs/oai.json']}\n",
+        encoding="utf-8",
+    )
+    config = PipelineConfig.from_yaml(folder / "pipeline.yaml")
+    assert config.evaluate["benchmarks"] == [
+        "ToxicChat",
+        f"SimpleSafetyTests={folder / 'data' / 'sst.json'}",
+        "OpenAIModeration=/abs/oai.json",
+    ]

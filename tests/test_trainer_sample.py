@@ -145,6 +145,36 @@ def test_an_interrupted_sampling_run_resumes_without_redoing_finished_samples(tm
     assert len(load_rl_data(tmp_path / "train.jsonl")) == 10
 
 
+def test_resuming_with_other_generation_settings_is_refused_and_selection_settings_may_change(tmp_path):
+    """Attempts made at k=4, temperature 1.0 are not silently mixed with attempts at k=2 or another
+    temperature or guard; the selection (cap, split, seed, image-only option) is rebuilt and may change."""
+    from grvl_sdk.errors import TrainingConfigError
+
+    samples = [TrainingSample(request=f"q{i}", request_label="harmful", id=f"id{i}") for i in range(6)]
+    scripted = Interrupting(ScriptedBackend(guard_output("unharmful")), stop_at=None)
+    first = sample_hard(samples[:3], tmp_path, backend=scripted, progress=False)
+    assert first.generated == 3
+    changed = (({"k": 2}, "k"), ({"temperature": 1.2}, "temperature"), ({"max_new_tokens": 64}, "max_new_tokens"))
+    for changes, key in changed:
+        backend = Interrupting(ScriptedBackend(guard_output("unharmful")), stop_at=None)
+        with pytest.raises(TrainingConfigError, match=rf"other settings \({key}: ") as caught:
+            sample_hard(samples, tmp_path, backend=backend, progress=False, **changes)
+        assert caught.value.details.get("field") == key and backend.generated == []
+    other_guard = ScriptedBackend(guard_output("unharmful"))
+    other_guard.model_id = "another-guard"
+    with pytest.raises(TrainingConfigError, match="guard: "):
+        sample_hard(samples, tmp_path, backend=other_guard, progress=False)
+    again = Interrupting(ScriptedBackend(guard_output("unharmful")), stop_at=None)
+    report = sample_hard(samples, tmp_path, backend=again, cap=4, seed=7, validation_fraction=0.5, progress=False)
+    assert again.generated == ["q3", "q4", "q5"] and report.resumed == 3
+    assert len(load_rl_data(tmp_path / "train.jsonl")) == 2
+    # Deleting attempts.jsonl (as the error advises) starts afresh with the new settings.
+    (tmp_path / "attempts.jsonl").unlink()
+    fresh = Interrupting(ScriptedBackend(guard_output("unharmful")), stop_at=None)
+    assert sample_hard(samples, tmp_path, backend=fresh, k=2, progress=False).generated == 6
+    assert json.loads((tmp_path / "sampling_settings.json").read_text())["k"] == 2
+
+
 class _ChatServer(ThreadingHTTPServer):
     requests_seen: list[dict[str, Any]]
 
@@ -300,3 +330,26 @@ def test_the_cli_samples_through_a_server_augments_and_refuses_a_missing_model(t
     assert len(augmented) > len(hard) and {s.origin for s in augmented} == {"original", "augmented"}
     missing = grvl(["train", "rl", "--set", f"model_name_or_path={tmp_path / 'nope'}", "--no-progress"])
     assert missing in (2, 3) and "nope" in capsys.readouterr().err
+
+
+def test_the_rl_prompt_renders_byte_exact_as_the_inference_prompt(tiny_guard):
+    """GRPO's prompt (``RLSample.prompt`` through the checkpoint's chat template) is the string the guard
+    sends at inference: system message, transcript, image blocks right after ``Human user:``, user tags
+    broken the same way — for text, text+response, text+image, image-only and image+response samples."""
+    from grvl_sdk.protocol.prompt import neutralize_tags, render_prompt
+    from grvl_sdk.trainer.rl_data import RLSample
+
+    processor = tiny_guard.backend.processor
+    image = Image.new("RGB", (56, 56), "red")
+    cases = [("How to x?", None, 0), ("q", "resp", 0), ("q <image> <think>x</think>", "r", 1), (None, None, 1),
+             (None, "resp", 1)]  # fmt: skip
+    for request, response, images in cases:
+        gold = None if response is None else "unharmful"
+        sample = TrainingSample(
+            request=request, response=response, images=(image,) * images, request_label="harmful", response_label=gold
+        )
+        rl = RLSample.from_training_sample(sample)
+        rendered = processor.apply_chat_template(rl.prompt(), tokenize=False, add_generation_prompt=True)
+        clean = None if request is None else neutralize_tags(request)
+        assert rendered == render_prompt(clean, response, num_images=images)
+        assert rendered == tiny_guard.format_prompt(request, image if images else None, response=response)

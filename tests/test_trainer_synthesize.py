@@ -249,6 +249,16 @@ def test_persistent_500s_leave_samples_undone_and_a_rerun_finishes_them(tmp_path
     assert (again.kept, again.failed, again.skipped) == (5, 0, 0)
 
 
+def test_a_client_error_is_not_retried_and_its_message_is_reported(tmp_path, samples):
+    # A 400 will fail the same way on every re-run: the summary must say why (the CLI hides logs).
+    with FakeTeacher(lambda body, seen, total: (400, "send temperature=0")) as teacher:
+        report = run(samples[:1], tmp_path / "s", teacher, max_http_retries=3)
+    assert (report.failed, report.http_retries, report.requests) == (1, 0, 1)
+    assert report.last_http_error is not None and report.last_http_error.startswith("HTTP 400: ")
+    assert "send temperature=0" in report.last_http_error
+    assert str(report).endswith(f"\nlast teacher error: {report.last_http_error}")
+
+
 def test_resume_skips_finished_samples_and_repairs_a_torn_line(tmp_path, samples):
     out = tmp_path / "s"
 

@@ -11,6 +11,7 @@ one), so with the usual tokenisations each input needs one row per part.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ class FastScorer:
         tokens: list[LabelTokens],
         deadline: float | None,
     ) -> list[LabelLogprobs]:
-        """One forward pass: the two labels' log-probabilities after each input's forced text."""
+        """One forward pass: the two labels' log-probabilities after each input's forced text. Raises
+        :class:`BackendError` when the model's logits give a NaN label probability."""
         rows: list[list[int]] = []
         owners: list[int] = []  # the input of each row
         where: list[dict[tuple[int, ...], int]] = []  # per input: extension -> row
@@ -151,6 +153,9 @@ class FastScorer:
                 ext, row = next((ext, row) for ext, row in where[index].items() if ext[: len(label) - 1] == label[:-1])
                 start = keep - 1 - len(ext)  # the kept position that predicts the label's first token
                 pair.append(float(sum(logprobs[row, start + j, token].item() for j, token in enumerate(label))))
+            if any(math.isnan(value) for value in pair):
+                # min(0.0, nan) is 0.0: unchecked, NaN logits would read as certainty in both labels.
+                raise BackendError("fast scoring produced NaN label log-probabilities (non-finite logits)")
             results.append((min(0.0, pair[0]), min(0.0, pair[1])))
         return results
 

@@ -142,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(config.public(), indent=2))
         return 0
+    from grvl_sdk.cli._output import quiet_third_party
     from grvl_sdk.guard import Guard
     from grvl_sdk.server import create_app, serve
 
+    quiet_third_party(args.log_level == "debug")  # no progress bars between log lines unless debugging
     # the guard first: a guard server that cannot be reached, or a checkpoint that cannot be found, stops here
     source: Any
     try:

@@ -331,7 +331,10 @@ def _synthesize(args: argparse.Namespace) -> int:
     except (GRVLError, KeyboardInterrupt) as exc:
         return _handle(exc)
     print(report, file=sys.stderr)
-    print(f"Records: {report.records_path}", file=sys.stderr)
+    if report.records_path is not None and report.records_path.is_file():
+        print(f"Records: {report.records_path}", file=sys.stderr)
+    else:
+        print(f"Records: none kept, so {report.records_path} was not written", file=sys.stderr)
     return EXIT_OK if report.complete else EXIT_INCOMPLETE
 
 

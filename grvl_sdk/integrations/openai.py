@@ -19,6 +19,9 @@ and without ``stream=True`` (one :class:`~grvl_sdk.calls.GuardedCall` each; sync
    Blocked: the upstream is **not** called.
 2. **The response is judged before it is returned**: every choice (``n > 1``), its text, refusal and
    tool calls (name and arguments); a Responses ``output`` (messages, function calls, reasoning).
+   Fields the client's types do not declare (``reasoning_content`` of vLLM / DeepSeek servers, a
+   choice's ``text``...) are not read by the guard, so they are **removed** from answers, chunks and
+   events before they are judged and returned: what reaches you was judged.
 3. **Streams** are moderated as they flow (:mod:`grvl_sdk.middleware.streaming`: ``stream_mode``
    ``"buffer"`` holds chunks until a check passed them, ``"passthrough"`` forwards them and cuts the
    stream on a block; the final check always runs) and keep the SDK's stream interface: iteration,
@@ -58,7 +61,8 @@ from typing import Any
 from grvl_sdk._lazy import require
 from grvl_sdk.calls import AsyncGuardedStream, GuardedCall, GuardedStream
 from grvl_sdk.errors import InputError
-from grvl_sdk.messages import _responses, to_messages
+from grvl_sdk.messages import to_messages
+from grvl_sdk.messages._response_events import ResponsesEventReader
 from grvl_sdk.middleware.wrap import POLICY_KWARG
 from grvl_sdk.policy import Policy, PolicyLike
 from grvl_sdk.shapes import Kind
@@ -69,32 +73,35 @@ _openai = require("openai", extra="openai")
 
 __all__ = ["AsyncGuardedOpenAI", "GuardedOpenAI"]
 
-#: Responses stream events whose text the guard reads (:func:`grvl_sdk.messages.chunk_deltas`).
-_READ_EVENTS = frozenset({
-    "response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
-    "response.custom_tool_call_input.delta", "response.reasoning_summary_text.delta",
-    "response.reasoning_text.delta", "response.output_item.added",
-})  # fmt: skip
-#: Events without content of their own.
-_QUIET_EVENTS = frozenset({"error", "response.output_text.annotation.added"})
-#: Events repeating content the delta events streamed, field holding it: what they hold is compared with
-#: what was streamed for their output item, and judged when it is more (a server may send only these).
-_REPEATS = {
-    "response.output_text.done": "text", "response.refusal.done": "refusal",
-    "response.function_call_arguments.done": "arguments", "response.custom_tool_call_input.done": "input",
-    "response.reasoning_summary_text.done": "text", "response.reasoning_text.done": "text",
-}  # fmt: skip
-_PART_EVENTS = frozenset({
-    "response.content_part.added", "response.content_part.done", "response.reasoning_summary_part.added",
-    "response.reasoning_summary_part.done",
-})  # fmt: skip
-#: Events carrying a whole ``Response`` (its ``output`` is compared like the repeats above).
-_RESPONSE_EVENTS = frozenset({
-    "response.created", "response.in_progress", "response.queued", "response.completed", "response.incomplete",
-    "response.failed",
-})  # fmt: skip
 #: Methods of the guarded resources (and the client) that would reach the model around the guard.
 _BYPASSES = frozenset({"stream", "with_raw_response", "with_streaming_response", "connect"})
+
+
+def _drop_extras(value: Any) -> Any:
+    """``value`` (an ``openai`` model: answer, chunk, event) with the fields its type does not declare
+    removed, at every depth (in place): the guard does not read them, so they must not be returned."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _openai.BaseModel):
+            extra = node.__pydantic_extra__
+            if extra:
+                extra.clear()
+            stack.extend(item for item in node.__dict__.values() if isinstance(item, (_openai.BaseModel, list)))
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (_openai.BaseModel, list)))
+    return value
+
+
+async def _adrop_extras(source: Any) -> AsyncIterator[Any]:
+    """The chunks of async ``source``, each through :func:`_drop_extras`."""
+    async for chunk in source:
+        yield _drop_extras(chunk)
+
+
+def _reading(reader: ResponsesEventReader) -> Callable[[Any], str]:
+    """``get_chunk_text`` of a Responses stream: the event's undeclared fields dropped, then ``reader``."""
+    return lambda event: reader(_drop_extras(event))
 
 
 def _get(value: Any, name: str) -> Any:
@@ -114,91 +121,11 @@ def _bypass(owner: str, name: str) -> NotImplementedError:
     )
 
 
-def _letters(text: str) -> str:
-    """``text``'s letters and digits only: how streamed fragments and a rendered whole are compared."""
-    return "".join(char for char in text if char.isalnum())
-
-
-class _EventReader:
-    """``get_chunk_text`` for Responses stream events: the text they add, ``""`` for events without
-    new content, ``InputError`` for events carrying content the guard cannot read.
-
-    Delta events add their text. Events that repeat content (``*.done``, content parts, output items, the
-    ``Response`` of ``response.completed``...) add what they hold only when it is more than what was
-    streamed for their output item — so a server sending whole items without deltas (or different text
-    in them) is judged too, and nothing an event delivers goes unjudged."""
-
-    def __init__(self) -> None:
-        self.sequence = -1
-        self.streamed: dict[Any, list[str]] = {}  # output index -> the texts judged for it so far
-
-    def _seen(self, index: Any) -> str:
-        parts = self.streamed.get(index)
-        if not parts:
-            return ""
-        if len(parts) > 1:  # joined lazily: only the (few) repeating events compare
-            parts[:] = ["".join(parts)]
-        return _letters(parts[0])
-
-    def _unseen(self, index: Any, text: str) -> str:
-        letters = _letters(text)
-        if not letters or letters in self._seen(index):
-            return ""
-        self.streamed.setdefault(index, []).append(text)
-        return "\n" + text
-
-    def _item(self, index: Any, item: Any) -> str:
-        if item is None:
-            return ""
-        kind, content = _get(item, "type"), _get(item, "content")
-        if kind == "message" and isinstance(content, list):  # fast path: each part's text already judged
-            texts = [_get(part, "text") or _get(part, "refusal") or "" for part in content]
-            if all(isinstance(text, str) for text in texts) and not any(
-                text and _letters(text) not in self._seen(index) for text in texts
-            ):
-                return ""
-        return self._unseen(index, _responses.response_message({"output": [item]}).text)
-
-    def __call__(self, event: Any) -> str:
-        number = _get(event, "sequence_number")
-        if isinstance(number, int):
-            self.sequence = max(self.sequence, number)
-        kind = _get(event, "type")
-        index = _get(event, "output_index")
-        if kind in _READ_EVENTS:  # what grvl_sdk.messages.chunk_deltas reads, without probing other shapes
-            text = "".join(delta.text for delta in _responses.event_deltas(event))
-            if kind == "response.output_item.added" and not text:  # an item that may already hold content
-                return self._item(index, _get(event, "item"))
-            if text:
-                self.streamed.setdefault(index, []).append(text)
-            return text
-        if kind in _QUIET_EVENTS:
-            return ""
-        if kind in _REPEATS:
-            value = _get(event, _REPEATS[kind])
-            return self._unseen(index, value) if isinstance(value, str) else ""
-        if kind in _PART_EVENTS:
-            part = _get(event, "part")
-            if part is None:
-                return ""
-            if kind.startswith("response.reasoning_summary_part"):
-                return self._item(index, {"type": "reasoning", "summary": [part]})
-            if _get(part, "type") == "reasoning_text":
-                return self._item(index, {"type": "reasoning", "content": [part]})
-            return self._item(index, {"type": "message", "role": "assistant", "content": [part]})
-        if kind == "response.output_item.done":
-            return self._item(index, _get(event, "item"))
-        if kind in _RESPONSE_EVENTS:
-            output = _get(_get(event, "response"), "output") or []
-            return "".join(self._item(i, item) for i, item in enumerate(output))
-        raise InputError(f"Responses stream event {str(kind)[:80]!r} carries content the guard cannot judge")
-
-
 class _RefusalEvents(list[Any]):
     """The events standing for one refusal in a Responses stream (expanded by :func:`_expand`)."""
 
 
-def _refusal_events(policy: Policy, model: str, reader: _EventReader) -> Callable[[Verdict], _RefusalEvents]:
+def _refusal_events(policy: Policy, model: str, reader: ResponsesEventReader) -> Callable[[Verdict], _RefusalEvents]:
     types = _openai.types.responses
 
     def build(verdict: Verdict) -> _RefusalEvents:
@@ -276,10 +203,15 @@ class _Guarding:
         expects: Kind = "openai.chat.chunk" if kwargs.get("stream") else "openai.chat"
         return self.start(kwargs, _sent(kwargs, "messages"), expects)
 
-    def start_responses(self, kwargs: dict[str, Any]) -> tuple[GuardedCall, _EventReader | None]:
+    def start_responses(self, kwargs: dict[str, Any]) -> tuple[GuardedCall, ResponsesEventReader | None]:
+        if _sent(kwargs, "background"):  # its output is made later and fetched by retrieve(), unjudged
+            raise InputError(
+                "responses.create(background=True) is not guarded: the output is produced after the call returns "
+                "and fetched with responses.retrieve(), which the guard never sees; call without background"
+            )
         if not kwargs.get("stream"):
             return self.start(kwargs, _responses_request(kwargs), "openai.responses"), None
-        reader = _EventReader()
+        reader = ResponsesEventReader()
         policy = self.policy.merged(kwargs.get(POLICY_KWARG))
         events = _refusal_events(policy, str(kwargs.get("model") or ""), reader)
         return self.start(kwargs, _responses_request(kwargs), "openai.responses", refusal=events), reader
@@ -310,14 +242,16 @@ class _ChatCompletions(_Resource):
         if call.check_request() is not None and call.blocked:
             return call.refusal_stream() if streaming else call.refusal()
         result = self._resource.create(**kwargs)
-        return call.stream(result) if streaming else call.check_response(result)
+        if streaming:  # the outer stream keeps the SDK stream's interface (close(), response...)
+            return GuardedStream(call.stream(map(_drop_extras, result)), result)
+        return call.check_response(_drop_extras(result))
 
     def parse(self, **kwargs: Any) -> Any:
         """``chat.completions.parse`` (structured outputs), guarded like :meth:`create`."""
         call = self._guarding.start_chat(kwargs)
         if call.check_request() is not None and call.blocked:
             return call.refusal()
-        return call.check_response(self._resource.parse(**kwargs))
+        return call.check_response(_drop_extras(self._resource.parse(**kwargs)))
 
 
 class _AsyncChatCompletions(_Resource):
@@ -330,14 +264,16 @@ class _AsyncChatCompletions(_Resource):
         if await call.acheck_request() is not None and call.blocked:
             return call.arefusal_stream() if streaming else call.refusal()
         result = await self._resource.create(**kwargs)
-        return call.astream(result) if streaming else await call.acheck_response(result)
+        if streaming:
+            return AsyncGuardedStream(call.astream(_adrop_extras(result)), result)
+        return await call.acheck_response(_drop_extras(result))
 
     async def parse(self, **kwargs: Any) -> Any:
         """``await chat.completions.parse``, guarded like :meth:`create`."""
         call = self._guarding.start_chat(kwargs)
         if await call.acheck_request() is not None and call.blocked:
             return call.refusal()
-        return await call.acheck_response(await self._resource.parse(**kwargs))
+        return await call.acheck_response(_drop_extras(await self._resource.parse(**kwargs)))
 
 
 class _Responses(_Resource):
@@ -351,8 +287,8 @@ class _Responses(_Resource):
             return GuardedStream(iter(refusal), None) if reader is not None else refusal
         result = self._resource.create(**kwargs)
         if reader is None:
-            return call.check_response(result)
-        return GuardedStream(_expand(call.stream(result, get_chunk_text=reader)), result)
+            return call.check_response(_drop_extras(result))
+        return GuardedStream(_expand(call.stream(result, get_chunk_text=_reading(reader))), result)
 
     def parse(self, **kwargs: Any) -> Any:
         """``responses.parse`` (structured outputs), guarded like :meth:`create`."""
@@ -360,7 +296,7 @@ class _Responses(_Resource):
         kwargs.pop(POLICY_KWARG, None)
         if call.check_request() is not None and call.blocked:
             return call.refusal()
-        return call.check_response(self._resource.parse(**kwargs))
+        return call.check_response(_drop_extras(self._resource.parse(**kwargs)))
 
 
 class _AsyncResponses(_Resource):
@@ -381,8 +317,8 @@ class _AsyncResponses(_Resource):
             return AsyncGuardedStream(events(), None)
         result = await self._resource.create(**kwargs)
         if reader is None:
-            return await call.acheck_response(result)
-        return AsyncGuardedStream(_aexpand(call.astream(result, get_chunk_text=reader)), result)
+            return await call.acheck_response(_drop_extras(result))
+        return AsyncGuardedStream(_aexpand(call.astream(result, get_chunk_text=_reading(reader))), result)
 
     async def parse(self, **kwargs: Any) -> Any:
         """``await responses.parse``, guarded like :meth:`create`."""
@@ -390,7 +326,7 @@ class _AsyncResponses(_Resource):
         kwargs.pop(POLICY_KWARG, None)
         if await call.acheck_request() is not None and call.blocked:
             return call.refusal()
-        return await call.acheck_response(await self._resource.parse(**kwargs))
+        return await call.acheck_response(_drop_extras(await self._resource.parse(**kwargs)))
 
 
 class _Chat(_Resource):

@@ -54,6 +54,11 @@ class Delta:
 _PLAIN = (str, bytes, bytearray, memoryview, int, float, complex, bool, list, tuple, set, frozenset, type(None))
 
 
+#: ``additional_kwargs`` keys where LangChain provider integrations keep a model's reasoning text (judged
+#: like reasoning content blocks).
+REASONING_KWARGS = ("reasoning_content", "reasoning")
+
+
 def get(value: Any, key: str) -> Any:
     """``value[key]`` for a mapping, ``value.key`` for an object (dicts and SDK objects alike), else ``None``."""
     if isinstance(value, Mapping):

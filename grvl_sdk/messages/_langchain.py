@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from grvl_sdk.messages._base import (
+    REASONING_KWARGS,
     ROLES,
     Delta,
     Loc,
@@ -112,6 +113,7 @@ def chunk_deltas(chunk: Any) -> list[Delta]:
     if is_record(extra):  # what provider integrations stream beside the content
         if isinstance(get(extra, "refusal"), str):
             parts.append(get(extra, "refusal"))
+        parts.extend(get(extra, key) for key in REASONING_KWARGS if isinstance(get(extra, key), str))
         legacy = get(extra, "function_call")  # OpenAI's legacy function calling
         if legacy is not None:
             here = loc.at("additional_kwargs").at("function_call")

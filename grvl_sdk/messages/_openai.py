@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from grvl_sdk.messages._base import (
+    REASONING_KWARGS,
     ROLES,
     Context,
     Delta,
@@ -91,6 +92,10 @@ def message_builder(message: Any, loc: Loc, ctx: Context, role: Role | None = No
         refusal = get(extra, "refusal")
         if isinstance(refusal, str) and not b.has_text(refusal):
             b.text(refusal)
+        for key in REASONING_KWARGS:  # reasoning kept beside the content (ChatDeepSeek, ChatOllama...)
+            reasoning = get(extra, key)
+            if isinstance(reasoning, str) and not b.has_text(reasoning):
+                b.text(reasoning)
         add_function_call(b, get(extra, "function_call"), loc.at("additional_kwargs").at("function_call"))
         if get(extra, "audio") is not None:
             loc.at("additional_kwargs").at("audio").fail("audio cannot be judged by the guard")

@@ -23,7 +23,8 @@ Where the probabilities come from:
   from the logits (:mod:`grvl_sdk.backends._fast_local`);
 - **remote backend**: an assistant-prefix continuation with ``max_tokens=1`` and ``top_logprobs``; a
   label's probability is the total probability of the first tokens that spell its start (a server gives
-  no more without generating further), see :func:`branch_logprobs`.
+  no more without generating further); a ``harmful`` missing from the list is given the most it can
+  hold, never 0 (fail-closed), see :func:`branch_logprobs`.
 
 A fast output is written in the protocol's own form (``<think>\\n\\n</think>\\n<result>\\nRequest:
 harmful\\nResponse: unharmful\\n</result>``) with the label probabilities as the label tokens'
@@ -140,14 +141,23 @@ def branch_logprobs(alternatives: Mapping[str, float]) -> LabelLogprobs | None:
     """(log P(harmful), log P(unharmful)) from one step's top alternatives (a server's
     ``top_logprobs`` after a forced cue): each label's probability is the total of the tokens that
     spell its start (`` harmful``, `` harm``, `` h`` / `` unharmful``, `` un``...; case ignored; the
-    leading space may be spelled ``Ġ``; a whitespace-only token is ambiguous and counts for neither). A label no
-    alternative spells gets ``-inf``. ``None`` when no alternative spells either label (the server did
-    not continue the forced prefix). Raises ``ValueError`` on a log-probability that is not <= 0."""
+    leading space may be spelled ``Ġ``; a whitespace-only token is ambiguous and counts for neither).
+    ``None`` when no alternative spells either label (the server did not continue the forced prefix).
+
+    A label that no listed alternative spells is not known to be improbable — only to be below the
+    list's cut-off — so it is read fail-closed: ``unharmful`` gets ``-inf``, ``harmful`` gets the
+    largest probability it can have, ``min(smallest listed probability, 1 − listed total)`` (``-inf``
+    when the list holds all the probability). Raises ``ValueError`` on a log-probability that is not
+    <= 0."""
     mass = {"harmful": 0.0, "unharmful": 0.0}
+    listed = 0.0
+    smallest = 1.0
     for token, logprob in alternatives.items():
         value = float(logprob)
         if not value <= 0.0:
             raise ValueError(f"log-probability {logprob!r} of token {token!r} is not <= 0")
+        listed += math.exp(value)
+        smallest = min(smallest, math.exp(value))
         if token.startswith("\u0120"):  # a byte-level BPE spelling of the leading space ("Ġharmful")
             token = " " + token[1:]
         rest = token.lstrip().lower()
@@ -159,4 +169,6 @@ def branch_logprobs(alternatives: Mapping[str, float]) -> LabelLogprobs | None:
                 break
     if mass["harmful"] == 0.0 and mass["unharmful"] == 0.0:
         return None
+    if mass["harmful"] == 0.0:  # below the list's cut-off: its largest possible probability (fail-closed)
+        mass["harmful"] = max(0.0, min(smallest, 1.0 - listed))
     return tuple(math.log(mass[w]) if mass[w] > 0 else -math.inf for w in LABELS)  # type: ignore[return-value]

@@ -4,13 +4,16 @@ what is refused, how its answers and stream events are read, and how a block is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from grvl_sdk.messages._response_events import ResponsesEventReader
 from grvl_sdk.policy import Policy
 from grvl_sdk.server.config import ServerConfig
 from grvl_sdk.server.errors import ApiError
 from grvl_sdk.server.outcome import block_reason
+from grvl_sdk.server.responses_fields import drop_unjudged_fields
 from grvl_sdk.server.sse import DONE, encode
 from grvl_sdk.shapes import refusal
 from grvl_sdk.verdict import Verdict
@@ -20,6 +23,13 @@ __all__ = ["CHAT", "RESPONSES", "Api", "StreamState"]
 #: Fields of a chat message / stream delta that the guard reads; any other field of an upstream answer
 #: (``reasoning_content``, ``annotations``...) is dropped, so the caller only receives what was judged.
 JUDGED_MESSAGE_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "function_call"})
+#: Fields of a chat choice passed on (``logprobs`` repeats the judged text token by token); any other
+#: field (a completions-style ``text``...) is dropped like the unjudged message fields above.
+JUDGED_CHOICE_FIELDS = frozenset({"index", "message", "delta", "finish_reason", "logprobs"})
+#: Top-level fields of a chat answer / chunk passed on; others (which could hold text) are dropped.
+CHAT_ANSWER_FIELDS = frozenset(
+    {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"}
+)
 #: Responses events carrying the whole answer: checked once more as a whole before they are passed on.
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 #: Responses fields naming context kept by the upstream, which the guard cannot see.
@@ -37,11 +47,12 @@ class StreamState:
     dropped: int = 0
 
 
-def _drop_unjudged(holder: Any) -> int:
-    """Remove the fields of a message / delta the guard does not read; how many were removed."""
+def _drop_unjudged(holder: Any, kept: frozenset[str] = JUDGED_MESSAGE_FIELDS) -> int:
+    """Remove the fields of ``holder`` (a message / delta, or ``kept``'s kind) the guard does not read;
+    how many were removed."""
     if not isinstance(holder, dict):
         return 0
-    extra = [key for key in holder if key not in JUDGED_MESSAGE_FIELDS]
+    extra = [key for key in holder if key not in kept]
     for key in extra:
         del holder[key]
     return len(extra)
@@ -76,6 +87,10 @@ class Api:
     def judged_view(self, answer: Any, state: StreamState) -> Any:
         """``answer`` (a whole answer or a stream event) without the fields the guard does not read."""
         return answer
+
+    def chunk_reader(self) -> Callable[[Any], str] | None:
+        """The ``get_chunk_text`` of one stream of this API (``None``: the default chunk reader)."""
+        return None
 
     def blocked_answer(self, verdict: Verdict, policy: Policy, model: str, template: Any = None) -> dict[str, Any]:
         """A whole answer refusing, in this API's shape."""
@@ -123,8 +138,10 @@ class _Chat(Api):
 
     def judged_view(self, answer: Any, state: StreamState) -> Any:
         if isinstance(answer, dict) and isinstance(answer.get("choices"), list):
+            state.dropped += _drop_unjudged(answer, CHAT_ANSWER_FIELDS)
             for choice in answer["choices"]:
                 if isinstance(choice, dict):
+                    state.dropped += _drop_unjudged(choice, JUDGED_CHOICE_FIELDS)
                     state.dropped += _drop_unjudged(choice.get("message")) + _drop_unjudged(choice.get("delta"))
         return answer
 
@@ -190,6 +207,7 @@ class _Responses(Api):
 
     def judged_view(self, answer: Any, state: StreamState) -> Any:
         if isinstance(answer, dict):
+            state.dropped += drop_unjudged_fields(answer)
             if isinstance(answer.get("sequence_number"), int):
                 state.sequence = max(state.sequence, answer["sequence_number"])
             if isinstance(answer.get("response"), dict):
@@ -230,6 +248,11 @@ class _Responses(Api):
     def event_bytes(self, event: Any) -> bytes:
         name = event.get("type") if isinstance(event, dict) and isinstance(event.get("type"), str) else None
         return encode(event, name)
+
+    def chunk_reader(self) -> Callable[[Any], str] | None:
+        # Events repeating content (*.done, parts, items, the Response) are judged when they hold more
+        # than the deltas streamed; unknown event types fail closed.
+        return ResponsesEventReader()
 
     def final_answer(self, event: Any) -> Any:
         if isinstance(event, dict) and event.get("type") in _FINAL_EVENTS and isinstance(event.get("response"), dict):

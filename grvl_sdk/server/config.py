@@ -91,6 +91,10 @@ class ServerConfig(SettingsModel):
     retry_after: int = Field(default=1, ge=1)
     #: Seconds for a whole non-streamed request (and a stream's set-up); 504 past it.
     request_timeout: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    #: Seconds a proxied stream may last in all, from its first byte to its last: a client that stops
+    #: reading, or an upstream that trickles, holds a concurrency slot no longer than this (the stream is
+    #: then cut, with an error event when the client still reads).
+    stream_timeout: float = Field(default=900.0, gt=0, allow_inf_nan=False)
 
     # -- upstream ---------------------------------------------------------------------------------
     #: Seconds to wait for upstream bytes (a stream's next chunk included) and to connect.

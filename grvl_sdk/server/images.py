@@ -30,7 +30,7 @@ from grvl_sdk.fetch import FetchPolicy, ImageFetcher
 from grvl_sdk.messages import Message, RemoteImage
 from grvl_sdk.server.errors import ApiError
 
-__all__ = ["ImageInliner", "audit_messages", "is_data_url", "make_fetcher"]
+__all__ = ["ImageInliner", "audit_answer", "audit_messages", "is_data_url", "make_fetcher"]
 
 #: The data: URLs ``grvl_sdk.images.load_image`` decodes (the same pattern), base64 required.
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w=.+-]+)*?)(?P<b64>;base64)?,", re.I)
@@ -172,3 +172,14 @@ def audit_messages(messages: list[Message], *, max_images: int, max_text_chars: 
     if chars > max_text_chars:
         raise ApiError(400, f"{chars} characters of text; at most {max_text_chars} are judged per request",
                        code="request_too_long")  # fmt: skip
+
+
+def audit_answer(answer: Any) -> None:
+    """Refuse (502) an upstream answer whose images are not base64 ``data:`` URLs: judging it would make the
+    guard read a path or fetch a URL the upstream chose (the server reads none of its own files)."""
+    from grvl_sdk.messages import response_messages
+
+    for message in response_messages(answer):  # InputError for an answer the guard cannot read
+        if any(not is_data_url(image) for image in message.images):
+            raise ApiError(502, "the upstream's answer holds an image that is not a base64 data: URL; it is "
+                           "neither judged nor passed on", code="upstream_unjudgeable")  # fmt: skip

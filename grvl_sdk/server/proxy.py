@@ -27,7 +27,7 @@ from grvl_sdk.messages import Message, to_messages
 from grvl_sdk.server.apis import CHAT, RESPONSES, Api, StreamState
 from grvl_sdk.server.errors import ApiError, from_grvl_error
 from grvl_sdk.server.history import history_chunks
-from grvl_sdk.server.images import audit_messages
+from grvl_sdk.server.images import audit_answer, audit_messages
 from grvl_sdk.server.limits import parse_json
 from grvl_sdk.server.outcome import block_reason, headers_for
 from grvl_sdk.server.runtime import Runtime
@@ -160,6 +160,7 @@ async def _judge_answer(
     answer = api.judged_view(answer, state)
     before = len(call.verdicts)
     try:
+        audit_answer(answer)
         checked = await runtime.checked(call.acheck_response(answer))
     except InputError as exc:  # an answer the guard cannot read is never passed on
         raise ApiError(502, f"the upstream's answer cannot be judged: {exc.message}",

@@ -25,6 +25,7 @@ from grvl_sdk.errors import GRVLError, InputError
 from grvl_sdk.server import jsonio
 from grvl_sdk.server.apis import Api, StreamState
 from grvl_sdk.server.errors import ApiError, from_grvl_error
+from grvl_sdk.server.images import audit_answer
 from grvl_sdk.server.outcome import headers_for
 from grvl_sdk.server.runtime import Runtime
 from grvl_sdk.server.sse import EventTooLarge, read_events
@@ -48,7 +49,9 @@ async def open_stream(
     state = StreamState()
     out_headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **headers_for(call.verdicts)}
     events = _moderated(runtime, api, upstream, call, response, state, model)
-    return _ClosingStream(events, media_type="text/event-stream", headers=out_headers)
+    cut = api.error_events(f"the stream took over {runtime.config.stream_timeout} s", "stream_timeout", state)
+    return _ClosingStream(events, media_type="text/event-stream", headers=out_headers,
+                          limit=runtime.config.stream_timeout, cut=cut)  # fmt: skip
 
 
 async def _source(api: Api, upstream: Upstream, response: httpx.Response, state: StreamState) -> AsyncIterator[Any]:
@@ -85,11 +88,12 @@ async def _moderated(
     """The SSE bytes of a moderated stream (see the module docstring)."""
     style = runtime.config.block_style
     before = len(call.verdicts)
-    moderated = call.astream(_source(api, upstream, response, state))
+    moderated = call.astream(_source(api, upstream, response, state), get_chunk_text=api.chunk_reader())
     try:
         async for event in moderated:
             blocked = call.blocked
             if blocked is None and (final := api.final_answer(event)) is not None:
+                audit_answer(final)
                 await runtime.checked(call.acheck_response(final))  # a whole answer: judged as a whole
                 blocked = call.blocked
             if blocked is not None:
@@ -117,11 +121,23 @@ async def _moderated(
 
 class _ClosingStream(StreamingResponse):
     """A streaming response that always closes its body iterator (also when the client went away), so the
-    upstream stream is closed and what was delivered gets its final check."""
+    upstream stream is closed and what was delivered gets its final check; it lasts ``limit`` seconds at
+    most (then ``cut`` is sent, if the client takes it within a second, and the response ends)."""
+
+    def __init__(self, content: Any, *, limit: float, cut: bytes, **options: Any) -> None:
+        super().__init__(content, **options)
+        self.limit = limit
+        self.cut = cut
 
     async def stream_response(self, send: Any) -> None:
         try:
-            await super().stream_response(send)
+            with anyio.move_on_after(self.limit) as scope:
+                await super().stream_response(send)
+            if scope.cancelled_caught:
+                logger.warning("a proxied stream was cut after %s s", self.limit)
+                with anyio.move_on_after(1.0):
+                    await send({"type": "http.response.body", "body": self.cut, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             close = getattr(self.body_iterator, "aclose", None)
             if close is not None:

@@ -15,6 +15,8 @@ into its folder (``rsft_config.yaml``) reads back too: its ``version`` is checke
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -239,6 +241,7 @@ class BaseTrainingConfig:
     # -- checks ---------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise :class:`TrainingConfigError` for an impossible setting."""
+        _check_floats(self)
         if self.method not in ("full", "lora", "qlora"):
             raise TrainingConfigError(f"method must be 'full', 'lora' or 'qlora', got {self.method!r}", field="method")
         self.train_data = _sources(self.train_data, "train_data")
@@ -258,8 +261,24 @@ class BaseTrainingConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainingConfigError(f"{name} must be a positive integer, got {value!r}", field=name)
-        for name in ("effective_batch_size", "gradient_accumulation_steps", "eval_steps"):
+        for name in (
+            "effective_batch_size",
+            "gradient_accumulation_steps",
+            "eval_steps",
+            "save_total_limit",
+            "per_device_eval_batch_size",
+        ):
             _positive_or_null(self, name)
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise TrainingConfigError(
+                f"max_steps must be -1 (all epochs) or >= 1, got {self.max_steps}", field="max_steps"
+            )
+        if self.lora_alpha < 1:
+            raise TrainingConfigError(f"lora_alpha must be >= 1, got {self.lora_alpha}", field="lora_alpha")
+        if self.seed < 0:  # numpy's seed refuses negatives
+            raise TrainingConfigError(f"seed must be >= 0, got {self.seed}", field="seed")
+        if self.dataloader_num_workers < 0:
+            raise TrainingConfigError("dataloader_num_workers must be >= 0", field="dataloader_num_workers")
         if self.min_pixels > self.max_pixels:
             raise TrainingConfigError("min_pixels must not exceed max_pixels", field="min_pixels")
         if self.learning_rate <= 0:
@@ -297,6 +316,25 @@ class BaseTrainingConfig:
                 field="effective_batch_size",
             )
         return BatchPlan(per_device, self.effective_batch_size // per_step, processes)
+
+
+def _check_floats(config: Any) -> None:
+    """Every number field holds a finite real number, every integer field an integer (``None`` only where
+    the field allows it): ``null``, a list, ``true``, ``2.5`` or ``nan`` would otherwise crash in a
+    comparison, reach the trainer as NaN, or be accepted by it unchecked and fail mid-run."""
+    for item in dataclasses.fields(config):
+        kind = str(item.type)
+        is_float = "float" in kind
+        if not is_float and kind not in ("int", "int | None"):
+            continue
+        value = getattr(config, item.name)
+        if value is None and "None" in kind:
+            continue
+        if is_float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise TrainingConfigError(f"{item.name} must be a finite number, got {value!r}", field=item.name)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TrainingConfigError(f"{item.name} must be an integer, got {value!r}", field=item.name)
 
 
 def _numbers(cls: type, values: dict[str, Any]) -> dict[str, Any]:

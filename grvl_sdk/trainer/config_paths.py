@@ -9,7 +9,8 @@ together. The rule, for every config file of ``grvl train`` (R-SFT, RL, pipeline
   source given as a dict) are joined to the file's folder when relative;
 - a **model** (``model_name_or_path``) or a **benchmark** entry may be a hub id or a name as well as a
   folder: it is joined to the file's folder when it starts with ``./`` or ``../``, or when that folder
-  holds it; otherwise it is kept as written (a hub id, a benchmark name);
+  holds it; otherwise it is kept as written (a hub id, a benchmark name); the ``PATH`` of a ``NAME=PATH``
+  benchmark entry is a path (joined when relative);
 - absolute paths, ``~`` paths (expanded) and values given outside the file (``--set``, ``--output-dir``,
   Python arguments) are left alone: those are relative to the working directory as usual.
 
@@ -61,7 +62,13 @@ def rebase_model(value: Any, base: Path) -> Any:
     return value  # a hub id
 
 
-rebase_benchmark = rebase_model  # a benchmark name stays a name; a file or folder beside the config is joined
+def rebase_benchmark(value: Any, base: Path) -> Any:
+    """A benchmark entry: a name stays a name; a file or folder beside the config is joined (as a model); in
+    ``NAME=PATH`` / ``NAME:TASK=PATH`` the ``PATH`` part is a path, joined to ``base`` when relative."""
+    if isinstance(value, str) and "=" in value and not (base / value).exists():
+        name, _, file = value.partition("=")
+        return f"{name}={rebase_path(file, base)}"
+    return rebase_model(value, base)
 
 
 def rebase_sources(value: Any, base: Path) -> Any:

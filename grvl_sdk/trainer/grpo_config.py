@@ -41,7 +41,10 @@ from grvl_sdk.trainer.base_config import BaseTrainingConfig, BatchPlan, _positiv
 from grvl_sdk.trainer.clipping import CLIP_KINDS
 from grvl_sdk.trainer.rewards import AUTHORS_MAX_CHARACTERS, ECO_BETA, STANDARD_BETA
 
-__all__ = ["PRESETS", "GuardRLConfig", "RolloutPlan"]
+__all__ = ["CLIPPED_LOSSES", "PRESETS", "GuardRLConfig", "RolloutPlan"]
+
+#: TRL's loss types whose ratio is clipped to ``[1 − ε_low, 1 + ε_high]``: the ones the clip schedule applies to.
+CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 #: Named starting points: the standard and the Eco reward (spec 4.6).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -133,7 +136,8 @@ class GuardRLConfig(BaseTrainingConfig):
     #: Lower bound of the scheduled clip range (the product reaches 0 at the end; see ``clipping``).
     clip_floor: float = 0.0
     #: TRL's loss aggregation; ``"dapo"`` averages over the tokens of the whole update, ``"bnpo"`` over
-    #: each micro-batch's tokens (the released code's aggregation).
+    #: each micro-batch's tokens (the released code's aggregation); also ``"grpo"``, ``"dr_grpo"``
+    #: (:data:`CLIPPED_LOSSES`: losses whose clip range the schedule sets).
     loss_type: str = "dapo"
     #: Advantage ``(r − group mean) / (group std + ε)`` (``"group"``, the paper) or ``"batch"``/``"none"``.
     scale_rewards: str = "group"
@@ -193,6 +197,14 @@ class GuardRLConfig(BaseTrainingConfig):
             raise TrainingConfigError(
                 f"reward_min_length must be in (0, {self.reward_normaliser}], got {self.reward_min_length}",
                 field="reward_min_length",
+            )
+        if self.loss_type not in CLIPPED_LOSSES:
+            # cispo/sapo/vespo read epsilon differently (a ratio cap, a temperature...): a schedule shrinking it
+            # to 0 would not narrow a clip range there, it would break the loss.
+            raise TrainingConfigError(
+                f"loss_type must be one of {CLIPPED_LOSSES} (PPO-clipped losses, which dynamic clipping schedules), "
+                f"got {self.loss_type!r}",
+                field="loss_type",
             )
         if self.clip_schedule not in CLIP_KINDS:
             raise TrainingConfigError(f"clip_schedule must be one of {CLIP_KINDS}", field="clip_schedule")

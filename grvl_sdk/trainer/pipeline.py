@@ -13,10 +13,12 @@
                              against the R-SFT guard and the published numbers
 
 **Resuming.** A stage that finished (recorded in ``pipeline_state.json`` with its outputs present) is
-skipped. A stage that was interrupted resumes where it stopped: synthesis and sampling skip finished
-samples, R-SFT and RL continue from their last checkpoint (``resume_from_checkpoint: auto``), evaluation
-keeps finished predictions. So re-running the same command after a crash or a kill finishes the run
-without redoing completed work.
+skipped — when its settings are unchanged: a finished stage whose section (or, for R-SFT, base model and
+data) differs from the recorded one is a :class:`~grvl_sdk.errors.TrainingConfigError`, never a silent
+mix of old outputs and new settings. A stage that was interrupted resumes where it stopped: synthesis
+and sampling skip finished samples, R-SFT and RL continue from their last checkpoint
+(``resume_from_checkpoint: auto``), evaluation keeps finished predictions. So re-running the same
+command after a crash or a kill finishes the run without redoing completed work.
 
 The settings (:class:`PipelineConfig`, a YAML file for ``grvl train pipeline --config``) hold the base
 model, the labelled data, and one section per stage, passed to that stage's own settings: ``rsft``
@@ -165,12 +167,29 @@ class _State:
         present = all(Path(p).exists() for p in outputs.values() if isinstance(p, str))
         return outputs if present else None
 
-    def mark(self, stage: str, outputs: dict[str, Any], seconds: float) -> None:
+    def check_settings(self, stage: str, settings: dict[str, Any]) -> None:
+        """Refuse to skip a finished stage whose recorded settings differ from ``settings``: the run would
+        silently mix the old stage's outputs with the new settings (and ``pipeline.yaml`` would lie)."""
+        recorded = (self.stages.get(stage) or {}).get("settings")
+        if recorded is None or recorded == settings:
+            return
+        changed = sorted(k for k in recorded.keys() | settings.keys() if recorded.get(k) != settings.get(k))
+        raise TrainingConfigError(
+            f"the {stage} stage finished in {self.path.parent} with other settings (changed: "
+            f"{', '.join(changed)}); re-running would mix them. Use another output_dir, restore the settings, "
+            f"or delete {_FOLDERS[stage]}/ and the later stages' folders and their entries in {STATE_FILE} to "
+            "redo them",
+            field=stage,
+            file=str(self.path),
+        )
+
+    def mark(self, stage: str, outputs: dict[str, Any], seconds: float, settings: dict[str, Any]) -> None:
         self.stages[stage] = {
             "status": "done",
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seconds": round(seconds, 2),
             "outputs": outputs,
+            "settings": settings,
         }
         partial = self.path.with_suffix(".tmp")
         partial.write_text(json.dumps(stamp("pipeline-state", {"stages": self.stages}), indent=2), encoding="utf-8")
@@ -298,6 +317,25 @@ _RUNNERS: dict[str, Callable[[PipelineConfig, dict[str, dict[str, Any]]], dict[s
 }
 
 
+def _stage_settings(config: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The settings a stage's outputs depend on (besides the earlier stages'), as JSON values."""
+    if stage == "synthesize":
+        picked: dict[str, Any] = {"train_data": config.train_data, "synthesize": config.synthesize}
+    elif stage == "rsft":
+        picked = {
+            "model_name_or_path": config.model_name_or_path,
+            "train_data": config.train_data,
+            "synthesize": config.synthesize is not None,
+            "rsft": config.rsft,
+        }
+    elif stage == "rl":
+        picked = {"rl": config.rl, "validate_rl": config.validate_rl}
+    else:
+        picked = {stage: getattr(config, stage)}
+    result: dict[str, Any] = json.loads(json.dumps(picked, default=str))
+    return result
+
+
 def _write_settings(config: PipelineConfig) -> None:
     from grvl_sdk.trainer.runs import write_run_config
 
@@ -321,10 +359,13 @@ def run_pipeline(
         raise DataError("the pipeline needs train_data (labelled samples)", field="train_data")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_settings(config)
     state = _State(out)
-    result = PipelineResult(output_dir=out, status={}, outputs={})
     wanted = {"synthesize": config.synthesize is not None, "evaluate": config.evaluate is not None}
+    for stage in STAGES:
+        if wanted.get(stage, True) and state.done(stage) is not None:
+            state.check_settings(stage, _stage_settings(config, stage))
+    _write_settings(config)
+    result = PipelineResult(output_dir=out, status={}, outputs={})
     for stage in STAGES:
         if not wanted.get(stage, True):
             result.status[stage] = "off"
@@ -337,7 +378,8 @@ def run_pipeline(
                 _say(f"{stage}: running in {config.folder(stage)}")
                 started = time.perf_counter()
                 result.outputs[stage] = _RUNNERS[stage](config, result.outputs)
-                state.mark(stage, result.outputs[stage], time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                state.mark(stage, result.outputs[stage], elapsed, _stage_settings(config, stage))
                 result.status[stage] = "ran"
         if stage == until:
             break

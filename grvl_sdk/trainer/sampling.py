@@ -20,6 +20,8 @@ Output folder::
     validation.jsonl        the held-out hard samples
     images/                 their images (RGB PNG)
     sampling_summary.json   the report (format rl-summary)
+    sampling_settings.json  the generation settings of the attempts (guard, k, temperature, top_p, token
+                            and pixel budgets): resuming with other ones is a TrainingConfigError
 
 Samples without a gold request label, or with a response but no response label, cannot be judged and are
 skipped (counted).
@@ -57,6 +59,8 @@ logger = logging.getLogger("grvl_sdk")
 
 ATTEMPTS_FILE = "attempts.jsonl"
 SUMMARY_FILE = "sampling_summary.json"
+#: The generation settings of the attempts (checked on resume).
+GENERATION_FILE = "sampling_settings.json"
 ATTEMPT_FORMAT = "rl-attempt"
 
 
@@ -235,6 +239,43 @@ def _generate(
     return out
 
 
+def _guard_name(backend: Backend | None, model: str | None, server_model: str | None) -> str | None:
+    """What identifies the sampling guard: the local checkpoint's absolute path, the served model name, or a
+    given backend's ``model_id``."""
+    if backend is not None:
+        return str(getattr(backend, "model_id", None) or type(backend).__name__)
+    if model is not None:
+        return os.path.abspath(model) if os.path.exists(model) else model
+    return server_model
+
+
+def _check_generation_settings(directory: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``attempts.jsonl`` made with other generation settings (another guard, ``k``,
+    temperature, top_p, token or pixel budget): mixing them would make the hard-sample rule mean different
+    things for different samples. The settings are written on the first run (format rl-attempt)."""
+    path = directory / GENERATION_FILE
+    if path.is_file() and (directory / ATTEMPTS_FILE).is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise TrainingConfigError(f"cannot read {path}: {exc}", file=str(path)) from exc
+        check_version(ATTEMPT_FORMAT, previous, file=str(path))
+        previous = {key: value for key, value in previous.items() if key != "version"}
+        changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
+        if changed:
+            detail = ", ".join(f"{key}: {previous.get(key)!r} -> {settings.get(key)!r}" for key in changed)
+            raise TrainingConfigError(
+                f"{directory} holds attempts generated with other settings ({detail}); resuming would mix them. "
+                "Use the same settings, another output folder, or delete its attempts.jsonl to start afresh",
+                field=changed[0],
+                file=str(path),
+            )
+        return
+    if (directory / ATTEMPTS_FILE).is_file():
+        logger.warning("%s has attempts from a run that recorded no generation settings: resuming them", directory)
+    path.write_text(json.dumps(stamp(ATTEMPT_FORMAT, settings), indent=2), encoding="utf-8")
+
+
 def _error_record(rl: RLSample, error: str) -> dict[str, Any]:
     return {"id": rl.id, "modality": rl.modality, "error": error, "attempts": []}
 
@@ -285,6 +326,16 @@ def sample_hard(
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     store = _AttemptsFile(directory)
+    generation = {
+        "guard": _guard_name(backend, model, server_model),
+        "k": k,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+    }
+    _check_generation_settings(directory, generation)
     done = store.read()
     report = SamplingReport(total=len(samples), k=k)
     pairs: list[tuple[TrainingSample, RLSample]] = []

@@ -89,6 +89,8 @@ class SynthesisReport:
     reasons: dict[str, int] = field(default_factory=dict)
     records_path: Path | None = None
     dropped_path: Path | None = None
+    #: the message of the last teacher request that failed (e.g. ``HTTP 400: {...}``), None when none did
+    last_http_error: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -101,6 +103,7 @@ class SynthesisReport:
             f"{self.total} samples: {self.kept} kept, {self.dropped} dropped, {self.failed} failed (retry by "
             f"re-running), {self.skipped} already done · {self.requests} teacher requests, "
             f"{self.retried_answers} answers asked again, {self.http_retries} HTTP retries · rejections: {reasons}"
+            + (f"\nlast teacher error: {self.last_http_error}" if self.last_http_error else "")
         )
 
 
@@ -263,6 +266,7 @@ async def _run(
             except HTTPFailure as exc:
                 report.failed += 1
                 reasons["http_error"] += 1
+                report.last_http_error = exc.message
                 logger.warning("teacher request failed for %s: %s", sample.source or key, exc.message)
                 return
             parsed, reason = validate_teacher_answer(answer, sample)  # type: ignore[assignment]
