@@ -13,6 +13,7 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     ├── DeadlineExceededError      code "deadline_exceeded"    no verdict within the policy's deadline
     ├── GuardBlocked               code "guard_blocked"        a wrapped call was blocked (``.verdict``, ``.stage``)
     ├── GuardClosedError           code "guard_closed"         a closed guard was used (never turned into "allow")
+    ├── UnguardedCallError         code "unguarded_call"       a wrapped client's method the guard cannot judge
     ├── AuditLogError              code "audit_log_error"      the audit log cannot be opened or written
     ├── TrainingError              code "training_error"       training cannot proceed (no usable samples...)
     │   └── TrainingConfigError    code "invalid_training_config" a bad R-SFT / synthesis setting
@@ -24,7 +25,7 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
             └── CircuitOpenError   code "circuit_open"         recent calls failed: the server is not called for a while
 
 ``MissingDependencyError`` is also an ``ImportError``; ``InputError``, ``EvalError`` and
-``TrainingConfigError`` are also ``ValueError``.
+``TrainingConfigError`` are also ``ValueError``; ``UnguardedCallError`` is also a ``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "RemoteBackendError",
     "TrainingConfigError",
     "TrainingError",
+    "UnguardedCallError",
 ]
 
 
@@ -191,6 +193,13 @@ class GuardClosedError(GRVLError):
     """
 
     code: ClassVar[str] = "guard_closed"
+
+
+class UnguardedCallError(GRVLError, NotImplementedError):
+    """A method of a guarded client that the guard cannot judge (e.g. ``responses.stream`` of
+    :class:`~grvl_sdk.integrations.openai.GuardedOpenAI`): refused rather than passed through unjudged."""
+
+    code: ClassVar[str] = "unguarded_call"
 
 
 class AuditLogError(GRVLError):

@@ -18,6 +18,7 @@ from _upstream import Reply, Upstream  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from grvl_sdk import Guard, GuardBlocked, InputError, MissingDependencyError, Verdict  # noqa: E402
+from grvl_sdk.errors import UnguardedCallError  # noqa: E402
 from grvl_sdk.integrations.openai import AsyncGuardedOpenAI, GuardedOpenAI  # noqa: E402
 from grvl_sdk.testing import ScriptedBackend  # noqa: E402
 
@@ -405,8 +406,9 @@ def test_other_attributes_pass_through_and_bypasses_refuse(up):
     assert isinstance(copy, GuardedOpenAI) and copy.timeout == 5
     for owner, name in ((client, "with_raw_response"), (client.chat.completions, "stream"),
                         (client.responses, "with_streaming_response"), (client.responses, "stream")):  # fmt: skip
-        with pytest.raises(NotImplementedError, match="not guarded"):
+        with pytest.raises(NotImplementedError, match="not guarded") as info:
             getattr(owner, name)
+        assert isinstance(info.value, UnguardedCallError) and info.value.code == "unguarded_call"
 
 
 def test_missing_openai_names_the_extra(monkeypatch):

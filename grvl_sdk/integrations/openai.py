@@ -44,7 +44,8 @@ refusal carries ``grvl`` (decision, stage, verdict id). A call may override the 
 
 Not guarded: the SDK's streaming helpers and raw-response wrappers of these APIs
 (``chat.completions.stream``, ``responses.stream``, ``with_raw_response``, ``with_streaming_response``,
-``responses.connect``) raise ``NotImplementedError`` (use ``create(..., stream=True)``); the other
+``responses.connect``) raise :class:`~grvl_sdk.errors.UnguardedCallError` (a ``NotImplementedError``;
+use ``create(..., stream=True)``); the other
 APIs (legacy ``completions``, audio, images, realtime, ``beta``...) pass through **unjudged**.
 Server-side context (``previous_response_id``, ``conversation``, stored ``prompt`` templates) is not
 visible to the guard: only what the call sends is judged.
@@ -60,7 +61,7 @@ from typing import Any
 
 from grvl_sdk._lazy import require
 from grvl_sdk.calls import AsyncGuardedStream, GuardedCall, GuardedStream
-from grvl_sdk.errors import InputError
+from grvl_sdk.errors import InputError, UnguardedCallError
 from grvl_sdk.messages import to_messages
 from grvl_sdk.messages._response_events import ResponsesEventReader
 from grvl_sdk.middleware.wrap import POLICY_KWARG
@@ -114,8 +115,8 @@ def _sent(kwargs: Mapping[str, Any], name: str) -> Any:
     return extra[name] if isinstance(extra, Mapping) and name in extra else kwargs.get(name)
 
 
-def _bypass(owner: str, name: str) -> NotImplementedError:
-    return NotImplementedError(
+def _bypass(owner: str, name: str) -> UnguardedCallError:
+    return UnguardedCallError(
         f"{owner}.{name} is not guarded by grvl-sdk: its output would reach you unjudged; use "
         "create(..., stream=True) (or call the unwrapped client deliberately)"
     )
