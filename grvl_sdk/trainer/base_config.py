@@ -175,6 +175,22 @@ class BaseTrainingConfig:
         return cls.from_dict({**cls.presets[key], **overrides})
 
     @classmethod
+    def coerce(cls: type[ConfigT], config: ConfigT | Mapping[str, Any] | str | os.PathLike[str]) -> ConfigT:
+        """``config`` as this class: an instance (validated), a dict (:meth:`from_dict`) or a YAML path
+        (:meth:`from_yaml`). Raises :class:`~grvl_sdk.errors.TrainingConfigError` for anything else."""
+        if isinstance(config, cls):
+            config.validate()
+            return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
+        if isinstance(config, (str, os.PathLike)):
+            return cls.from_yaml(config)
+        article = "an" if cls.__name__[0] in "AEIOUR" else "a"  # "an RSFTConfig", "a GuardRLConfig"
+        raise TrainingConfigError(
+            f"config must be {article} {cls.__name__}, a dict or a YAML path, got {type(config).__name__}"
+        )
+
+    @classmethod
     def from_dict(cls: type[ConfigT], values: Mapping[str, Any], *, file: str | None = None) -> ConfigT:
         """Build from a dict; a ``preset`` key applies that preset first. Unknown keys raise.
 

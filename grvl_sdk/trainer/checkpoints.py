@@ -9,6 +9,7 @@ guard (:func:`load_adapter_guard`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +19,36 @@ from grvl_sdk._lazy import require
 from grvl_sdk.errors import ModelLoadError
 from grvl_sdk.trainer.console import library_deprecations_hidden
 
-__all__ = ["ADAPTER_DIR", "load_adapter_guard", "merge_adapter", "save_processor", "save_trained_model"]
+__all__ = [
+    "ADAPTER_DIR",
+    "PreloadedWeights",
+    "load_adapter_guard",
+    "merge_adapter",
+    "save_processor",
+    "save_trained_model",
+]
+
+logger = logging.getLogger("grvl_sdk")
+
+
+class PreloadedWeights:
+    """Mixin for a TRL trainer (listed before it) that can skip its own weight loading on resume.
+
+    transformers' plain (non-DeepSpeed, non-FSDP) resume loads ``model.safetensors`` with a raw
+    ``load_state_dict``; Qwen2.5-VL checkpoints are saved under their original key names, so nothing
+    matches and training would silently restart from the base weights. Full fine-tuning therefore loads
+    the checkpoint with ``from_pretrained`` (which maps the keys), sets ``weights_preloaded`` and skips
+    that step.
+    """
+
+    weights_preloaded = False
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.weights_preloaded and model is None:
+            logger.info("model weights already loaded from %s", resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+
 
 #: Where a LoRA/QLoRA adapter is saved inside ``output_dir`` when it is also merged.
 ADAPTER_DIR = "adapter"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,3 +74,9 @@ def step_printer() -> Any:
                 print(f"step {state.global_step}: {values}", file=sys.stderr, flush=True)
 
     return StepPrinter()
+
+
+def report(message: str, enabled: bool) -> None:
+    """Print one of the run's own lines to stderr (flushed) when ``enabled`` (the main process)."""
+    if enabled:
+        print(message, file=sys.stderr, flush=True)

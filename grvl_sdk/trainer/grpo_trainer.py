@@ -26,7 +26,6 @@ import importlib.util
 import json
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ from typing import Any
 from grvl_sdk._lazy import require
 from grvl_sdk.data.versions import stamp
 from grvl_sdk.errors import DataError, ModelLoadError, TrainingConfigError, TrainingError
-from grvl_sdk.trainer.checkpoints import save_trained_model
+from grvl_sdk.trainer.checkpoints import PreloadedWeights, save_trained_model
 from grvl_sdk.trainer.clipping import dynamic_clipping
+from grvl_sdk.trainer.console import report
 from grvl_sdk.trainer.grpo_config import GuardRLConfig, RolloutPlan
 from grvl_sdk.trainer.modeling import load_model, lora_config, resolve_bf16
 from grvl_sdk.trainer.rewards import SafetyReward
@@ -74,17 +74,6 @@ class RLResult:
     #: Whether a separate reference model was loaded (never when the KL coefficient ``beta`` is 0).
     reference_model_loaded: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _coerce(config: GuardRLConfig | Mapping[str, Any] | str | os.PathLike[str]) -> GuardRLConfig:
-    if isinstance(config, GuardRLConfig):
-        config.validate()
-        return config
-    if isinstance(config, Mapping):
-        return GuardRLConfig.from_dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return GuardRLConfig.from_yaml(config)
-    raise TrainingConfigError(f"config must be a GuardRLConfig, a dict or a YAML path, got {type(config).__name__}")
 
 
 def _load_sources(sources: Sequence[Any]) -> list[RLSample]:
@@ -219,9 +208,7 @@ def _trainer_class(trl: Any) -> type:
     """``GRPOTrainer`` that records the clip range the loss reads, and can skip its own weight loading on
     resume (see the module docstring)."""
 
-    class GuardGRPOTrainer(trl.GRPOTrainer):  # type: ignore[misc, valid-type]
-        weights_preloaded = False
-
+    class GuardGRPOTrainer(PreloadedWeights, trl.GRPOTrainer):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.clip_trace: list[tuple[int, float, float]] = []
@@ -243,18 +230,7 @@ def _trainer_class(trl: Any) -> type:
                 self.clip_trace.append((self.state.global_step, low, high))
             return super()._compute_loss(model, inputs)
 
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            if self.weights_preloaded and model is None:
-                logger.info("model weights already loaded from %s", resume_from_checkpoint)
-                return
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
     return GuardGRPOTrainer
-
-
-def _report(message: str, enabled: bool) -> None:
-    if enabled:
-        print(message, file=sys.stderr, flush=True)
 
 
 def _summary(samples: Sequence[RLSample]) -> dict[str, Any]:
@@ -281,7 +257,7 @@ def train_rl(
     extra ``transformers.TrainerCallback`` objects. Raises :class:`DataError` for unusable data,
     :class:`TrainingConfigError` for bad settings, :class:`ModelLoadError` when the model cannot be loaded.
     """
-    config = _coerce(config)
+    config = GuardRLConfig.coerce(config)
     torch = require("torch", extra="train")
     trl = require("trl", extra="train")
     accelerate = require("accelerate", extra="train")
@@ -309,8 +285,8 @@ def train_rl(
     resume = resolve_resume(config.output_dir, config.resume_from_checkpoint)
     bf16 = resolve_bf16(config, torch)
     use_vllm = _use_vllm(config, torch)
-    _report(f"GRPO on {len(train)} prompts ({len(dropped)} dropped as longer than max_prompt_length): {plan}", main)
-    _report(
+    report(f"GRPO on {len(train)} prompts ({len(dropped)} dropped as longer than max_prompt_length): {plan}", main)
+    report(
         f"reward β={config.reward_beta:.4g} ({config.reward_length_unit}, normaliser {config.reward_normaliser}, "
         f"floor {config.reward_min_length:g}); "
         f"clip {config.clip_schedule} ε={config.epsilon}; method {config.method}; generation "
@@ -347,7 +323,7 @@ def train_rl(
         summary = {"train": _summary(train), "eval": _summary(evals), "dropped_overlong": dropped + eval_dropped}
         (out / "data_summary.json").write_text(json.dumps(stamp("training-run", summary), indent=2), encoding="utf-8")
     if config.resume_from_checkpoint is None and last_checkpoint(out) is not None:  # False: afresh, no note
-        _report(
+        report(
             f"note: {out} already holds checkpoints; this run starts afresh and replaces them as it saves. Pass "
             "resume_from_checkpoint=True to continue from them (False starts afresh without this note).",
             main,

@@ -11,9 +11,7 @@ loss covers the assistant turn only (labels are ``-100`` on the prompt).
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +21,20 @@ from grvl_sdk._lazy import require
 from grvl_sdk.data.samples import TrainingSample
 from grvl_sdk.errors import DataError, ModelLoadError, TrainingConfigError, TrainingError
 from grvl_sdk.trainer.base_config import BatchPlan
-from grvl_sdk.trainer.checkpoints import ADAPTER_DIR, load_adapter_guard, merge_adapter, save_trained_model
-from grvl_sdk.trainer.console import checkpointing_args, drop_step_printer, library_deprecations_hidden, pin_memory
+from grvl_sdk.trainer.checkpoints import (
+    ADAPTER_DIR,
+    PreloadedWeights,
+    load_adapter_guard,
+    merge_adapter,
+    save_trained_model,
+)
+from grvl_sdk.trainer.console import (
+    checkpointing_args,
+    drop_step_printer,
+    library_deprecations_hidden,
+    pin_memory,
+    report,
+)
 from grvl_sdk.trainer.loaders import load_data
 from grvl_sdk.trainer.model_card import write_model_card
 from grvl_sdk.trainer.modeling import check_base_model, load_model, lora_config, resolve_bf16
@@ -44,8 +54,6 @@ from grvl_sdk.trainer.summary import DataSummary, summarize
 
 __all__ = ["RSFTResult", "load_adapter_guard", "merge_adapter", "train_rsft"]
 
-logger = logging.getLogger("grvl_sdk")
-
 
 @dataclass
 class RSFTResult:
@@ -64,17 +72,6 @@ class RSFTResult:
     #: when it holds a LoRA adapter (``merge_lora=False``; see :func:`load_adapter_guard`).
     merged: bool = True
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _coerce(config: RSFTConfig | Mapping[str, Any] | str | os.PathLike[str]) -> RSFTConfig:
-    if isinstance(config, RSFTConfig):
-        config.validate()
-        return config
-    if isinstance(config, Mapping):
-        return RSFTConfig.from_dict(config)
-    if isinstance(config, (str, os.PathLike)):
-        return RSFTConfig.from_yaml(config)
-    raise TrainingConfigError(f"config must be an RSFTConfig, a dict or a YAML path, got {type(config).__name__}")
 
 
 def _load_sources(sources: Sequence[Any]) -> list[TrainingSample]:
@@ -145,29 +142,12 @@ def _sft_args(config: RSFTConfig, plan: BatchPlan, bf16: bool, has_eval: bool) -
 
 
 def _trainer_class(trl: Any) -> type:
-    """``SFTTrainer`` that can skip its own weight loading on resume.
+    """``SFTTrainer`` that can skip its own weight loading on resume (see :class:`PreloadedWeights`)."""
 
-    transformers' plain (non-DeepSpeed, non-FSDP) resume loads ``model.safetensors`` with a raw
-    ``load_state_dict``; Qwen2.5-VL checkpoints are saved under their original key names, so nothing
-    matches and training would silently restart from the base weights. Full fine-tuning therefore
-    loads the checkpoint with ``from_pretrained`` (which maps the keys) and skips that step.
-    """
-
-    class GuardSFTTrainer(trl.SFTTrainer):  # type: ignore[misc, valid-type]
-        weights_preloaded = False
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            if self.weights_preloaded and model is None:
-                logger.info("model weights already loaded from %s", resume_from_checkpoint)
-                return
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+    class GuardSFTTrainer(PreloadedWeights, trl.SFTTrainer):  # type: ignore[misc, valid-type]
+        pass
 
     return GuardSFTTrainer
-
-
-def _report(message: str, enabled: bool) -> None:
-    if enabled:
-        print(message, file=sys.stderr, flush=True)
 
 
 def train_rsft(
@@ -185,7 +165,7 @@ def train_rsft(
     training (main process). Raises :class:`DataError` for unusable data, :class:`TrainingConfigError`
     for bad settings, :class:`ModelLoadError` when the base model cannot be loaded.
     """
-    config = _coerce(config)
+    config = RSFTConfig.coerce(config)
     torch = require("torch", extra="train")
     datasets = require("datasets", extra="train")
     trl = require("trl", extra="train")
@@ -204,12 +184,12 @@ def train_rsft(
     if not train:
         raise TrainingError("no training samples: set train_data (or pass train_samples)")
     summary = summarize(train)
-    _report(f"Training data ({len(train)} samples):\n{summary}", main)
+    report(f"Training data ({len(train)} samples):\n{summary}", main)
     _check_targets(train, "training")
     _check_targets(evals, "evaluation")
     resume = resolve_resume(config.output_dir, config.resume_from_checkpoint)
     bf16 = resolve_bf16(config, torch)
-    _report(f"R-SFT: method {config.method}, {plan}, bf16 {bf16}, resume {resume or 'no'}", main)
+    report(f"R-SFT: method {config.method}, {plan}, bf16 {bf16}, resume {resume or 'no'}", main)
 
     check_base_model(config.model_name_or_path)  # seconds, not minutes of hub retries, when it cannot load
     try:
@@ -224,7 +204,7 @@ def train_rsft(
     eval_examples, eval_dropped = encode_samples(evals, processor, max_length=config.max_length, **encode)
     if dropped or eval_dropped:
         longest = max(length for _, length in dropped + eval_dropped)
-        _report(
+        report(
             f"dropped {len(dropped)} training and {len(eval_dropped)} evaluation samples longer than "
             f"max_length={config.max_length} tokens (longest: {longest})",
             main,
@@ -263,7 +243,7 @@ def train_rsft(
         else None
     )
     if config.resume_from_checkpoint is None and last_checkpoint(out) is not None:
-        _report(
+        report(
             f"note: {out} already holds checkpoints; this run starts afresh and replaces them as it saves. Pass "
             "resume_from_checkpoint=True to continue from them (False starts afresh without this note).",
             main,
@@ -291,7 +271,7 @@ def train_rsft(
     if main:
         plot = write_loss_plot(out / METRICS_FILE, out / PLOT_FILE, title=title)
         if plot is None:
-            _report(f"no {PLOT_FILE}: no loss was logged (0 optimizer steps)", main)
+            report(f"no {PLOT_FILE}: no loss was logged (0 optimizer steps)", main)
         card = {
             "stage": "R-SFT",
             "settings": config.to_dict(),
