@@ -355,18 +355,26 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a training command's flags override: ``--set``, then ``--preset`` (where the command
+    has it), ``--output-dir``, ``--resume`` and ``--no-progress``."""
+    overrides = _parse_overrides(args.set)
+    if getattr(args, "preset", None):
+        overrides["preset"] = args.preset
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.resume:
+        overrides["resume_from_checkpoint"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    return overrides
+
+
 def _sft(args: argparse.Namespace) -> int:
     from grvl_sdk.trainer.rsft_config import RSFTConfig
 
     try:
-        overrides = _parse_overrides(args.set)
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        if args.resume:
-            overrides["resume_from_checkpoint"] = True
-        if args.no_progress:
-            overrides["progress"] = False
-        config = RSFTConfig.from_yaml(args.config, **overrides)
+        config = RSFTConfig.from_yaml(args.config, **_run_overrides(args))
         _quiet(args, (config.method,))
         _check_model(config.model_name_or_path, args.config)
         config = _fresh_or_resume(args, config)
@@ -434,15 +442,7 @@ def _rl(args: argparse.Namespace) -> int:
     from grvl_sdk.trainer.grpo_config import GuardRLConfig
 
     try:
-        overrides = _parse_overrides(args.set)
-        if args.preset:
-            overrides["preset"] = args.preset
-        if args.output_dir:
-            overrides["output_dir"] = args.output_dir
-        if args.resume:
-            overrides["resume_from_checkpoint"] = True
-        if args.no_progress:
-            overrides["progress"] = False
+        overrides = _run_overrides(args)
         if args.config:
             config = GuardRLConfig.from_yaml(args.config, **overrides)
         else:
