@@ -1,9 +1,11 @@
-"""Remote-backend client overhead for one 4032x3024 JPEG photo: everything the SDK does on the client
-(decode, resize to the grid, cache hash, encode the image, build and send the JSON body, parse the
-answer) against an in-process HTTP transport that answers at once (``httpx.MockTransport``).
+"""Remote-backend client overhead for one JPEG photo: everything the SDK does on the client (decode,
+resize to the grid, cache hash, encode the image, build and send the JSON body, parse the answer)
+against an in-process HTTP transport that answers at once (``httpx.MockTransport``).
 
-Same run, same photo: before issue 16 (full-size decode, PNG body) against after (reduced-size decode,
-PNG body: the default, pixel-exact) and after with ``image_format="JPEG", jpeg_quality=90``. Median ms.
+Same run: a 4032x3024 photo before issue 16 (full-size decode, PNG body) against after (reduced-size
+decode, PNG body: the default, pixel-exact) and after with ``image_format="JPEG", jpeg_quality=90``; and
+a 1036x756 photo (the grid size of a 1024x768 one: 999 vision tokens), which already fits the grid, re-
+encoded as PNG (``send_original_bytes=False``) against sent as its original bytes (the default). Median ms.
 
     .venv/bin/python -m benchmarks.bench_remote_client [--repeats 10]
 """
@@ -58,12 +60,21 @@ def main() -> None:
         before = measure(data, args.repeats)
     after_png = measure(data, args.repeats)
     after_jpeg = measure(data, args.repeats, image_format="JPEG", jpeg_quality=90)
-    print(f"4032x3024 JPEG photo ({len(data) / 1e6:.1f} MB), median of {args.repeats}\n")
-    print("| client path | ms | request body | ms ÷ before |")
+    fits = photo(1036, 756)
+    fits_png = measure(fits, args.repeats, send_original_bytes=False)
+    fits_original = measure(fits, args.repeats)
+    print(f"4032x3024 JPEG photo ({len(data) / 1e6:.2f} MB), 1036x756 JPEG photo ({len(fits) / 1e6:.2f} MB), "
+          f"median of {args.repeats}\n")  # fmt: skip
+    print("| client path | ms | request body | ms ÷ baseline |")
     print("|---|---|---|---|")
-    for name, (ms, size) in (("before: full decode, PNG", before), ("after: reduced decode, PNG (default)", after_png),
-                             ("after: reduced decode, JPEG q90", after_jpeg)):  # fmt: skip
-        print(f"| {name} | {ms:.1f} | {size / 1e6:.2f} MB | {ms / before[0]:.2f} |")
+    for name, (ms, size), base in (
+        ("4032×3024, before: full decode, PNG (baseline)", before, before),
+        ("4032×3024, after: reduced decode, PNG (default)", after_png, before),
+        ("4032×3024, after: reduced decode, JPEG q90", after_jpeg, before),
+        ("1036×756 (fits the grid), re-encoded as PNG (baseline)", fits_png, fits_png),
+        ("1036×756 (fits the grid), original bytes (default)", fits_original, fits_png),
+    ):
+        print(f"| {name} | {ms:.1f} | {size / 1e6:.2f} MB | {ms / base[0]:.2f} |")
 
 
 if __name__ == "__main__":

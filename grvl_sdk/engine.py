@@ -24,7 +24,7 @@ from typing import Any
 
 from grvl_sdk._threads import DaemonPool, to_daemon_thread
 from grvl_sdk.backends.base import Backend
-from grvl_sdk.backends.batching import agenerate_isolated, generate_isolated
+from grvl_sdk.backends.batching import agenerate_isolated, continuous_runner, generate_isolated, refilling
 from grvl_sdk.backends.bounded import await_within, run_within
 from grvl_sdk.cache import ContentHashes, VerdictCache, content_hashes
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError, ParseError
@@ -90,6 +90,9 @@ class Engine:
         #: Measured speed of think generations (for ``auto``'s deadline estimate).
         self.speed = speed or ReasoningSpeed()
         self.prepare_pool = DaemonPool("grvl-prepare")
+        #: The stack refills batches while they run (continuous batching): hand over all inputs at once.
+        self.refiller = refilling(stack)
+        self.refills = self.refiller is not None or continuous_runner(stack) is not None
         self.closed = False
 
     def ensure_open(self) -> None:
@@ -212,11 +215,15 @@ class Engine:
     ) -> list[Verdict]:
         raws: list[Verdict | None] = [a.cached for a in admitted]
         missing = [i for i, raw in enumerate(raws) if raw is None]
+        size = max(1, len(missing)) if self.refills and self.tiered is None else size
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
             items = [admitted[i].item for i in chunk]
             if self.tiered is not None:
                 self.store(chunk, items, self.tiered.judge(items, budget, deadline), raws, admitted)
+                continue
+            if self.refiller is not None:  # each input settles alone: no retry of the others
+                self.store(chunk, items, self.refiller.outcomes(items, budget, deadline), raws, admitted)
                 continue
             run = functools.partial(self.stack.generate, max_new_tokens=budget, deadline=deadline)
             self.store(chunk, items, generate_isolated(run, items), raws, admitted)
@@ -227,6 +234,7 @@ class Engine:
     ) -> list[Verdict]:
         raws: list[Verdict | None] = [a.cached for a in admitted]
         missing = [i for i, raw in enumerate(raws) if raw is None]
+        size = max(1, len(missing)) if self.refills and self.tiered is None else size
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
             items = [admitted[i].item for i in chunk]
@@ -234,8 +242,11 @@ class Engine:
                 judged = await self.tiered.ajudge(items, budget, deadline)
                 await asyncio.to_thread(self.store, chunk, items, judged, raws, admitted)
                 continue
-            run = functools.partial(self.stack.agenerate, max_new_tokens=budget, deadline=deadline)
-            outcomes = await agenerate_isolated(run, items)
+            if self.refiller is not None:  # each input settles alone: no retry of the others
+                outcomes = await self.refiller.aoutcomes(items, budget, deadline)
+            else:
+                run = functools.partial(self.stack.agenerate, max_new_tokens=budget, deadline=deadline)
+                outcomes = await agenerate_isolated(run, items)
             await asyncio.to_thread(self.store, chunk, items, outcomes, raws, admitted)
         return await asyncio.to_thread(
             lambda: [self.finish(r, a.item, a.hashes, policy, started) for r, a in zip(raws, admitted, strict=True)]  # type: ignore[arg-type]

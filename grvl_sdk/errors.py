@@ -9,6 +9,7 @@ Each class carries a stable ``code`` string (safe to match on in logs and metric
     │   └── DataError              code "invalid_training_data" a data record is malformed (file, line, field)
     ├── ParseError                 code "unparseable_output"   the guard's output has no usable verdict
     ├── ModelLoadError             code "model_load_failed"    model id/path not found, bad checkpoint
+    │   └── CompileUnsupportedError code "compile_unsupported" ``compile=True`` cannot work here (load time)
     ├── MissingDependencyError     code "missing_dependency"   an optional extra is not installed
     ├── DeadlineExceededError      code "deadline_exceeded"    no verdict within the policy's deadline
     ├── GuardBlocked               code "guard_blocked"        a wrapped call was blocked (``.verdict``, ``.stage``)
@@ -39,6 +40,7 @@ __all__ = [
     "AuditLogError",
     "BackendError",
     "CircuitOpenError",
+    "CompileUnsupportedError",
     "DataError",
     "DataFormatError",
     "DeadlineExceededError",
@@ -126,6 +128,14 @@ class ModelLoadError(GRVLError):
     """The model could not be loaded (not found, no network and not cached, broken checkpoint)."""
 
     code: ClassVar[str] = "model_load_failed"
+
+
+class CompileUnsupportedError(ModelLoadError):
+    """``from_pretrained(..., compile=True)`` cannot compile the decode step with this model, device, torch
+    or settings (quantised weights, several devices, no C++ compiler or Triton for inductor, a failed
+    warm-up compile...). Raised at load, never at check time; ``details["reason"]`` names the case."""
+
+    code: ClassVar[str] = "compile_unsupported"
 
 
 class MissingDependencyError(GRVLError, ImportError):

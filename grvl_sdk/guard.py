@@ -152,6 +152,7 @@ class Guard:
         cache_dir: str | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        compile: Any = False,
         options: GuardOptions | None = None,
         **kwargs: Any,
     ) -> Guard:
@@ -159,9 +160,13 @@ class Guard:
 
         ``quantization``: ``None``, ``"4bit"`` or ``"8bit"`` (bitsandbytes). ``min_pixels``/``max_pixels``
         bound each image's pixels (vision tokens = pixels / 784; defaults in :mod:`grvl_sdk._constants`):
-        lower is faster, higher sees more detail. Guard options (:class:`GuardOptions` fields) are taken
-        as keyword arguments; other keyword arguments go to transformers' ``from_pretrained`` (e.g.
-        ``attn_implementation``). Raises :class:`~grvl_sdk.errors.ModelLoadError`, :class:`InputError`.
+        lower is faster, higher sees more detail. ``compile``: ``True`` (or a
+        :class:`~grvl_sdk.backends.compiled.CompileSettings`) decodes greedy checks with a static KV cache
+        and a ``torch.compile``-d decode step, compiled at load (:mod:`grvl_sdk.backends.compiled`); default
+        eager. Guard options (:class:`GuardOptions` fields) are taken as keyword arguments; other keyword
+        arguments go to transformers' ``from_pretrained`` (e.g. ``attn_implementation``). Raises
+        :class:`~grvl_sdk.errors.ModelLoadError` (:class:`~grvl_sdk.errors.CompileUnsupportedError` when
+        ``compile`` cannot work here), :class:`InputError`.
         """
         from grvl_sdk.backends.local import LocalBackend
 
@@ -181,6 +186,7 @@ class Guard:
             device_map=device_map,
             revision=revision,
             cache_dir=cache_dir,
+            compile=compile,
             **pixels,
             **model_kwargs,
         )

@@ -11,6 +11,10 @@ reading forever, and nothing can swap the file between the check and the read.
 
 Pixel modes are converted to 8-bit RGB faithfully (16-bit and float images scaled, never clipped) or
 refused: the rules are in :mod:`grvl_sdk._image_modes`.
+
+Original bytes: when an image given as bytes, base64, a ``data:`` URL or a file decodes to exactly what
+any PIL-based reader gets from them (see :func:`original_bytes`), the loaded image remembers them, so the
+remote backend can send them instead of re-encoding the pixels.
 """
 
 from __future__ import annotations
@@ -26,17 +30,28 @@ import re
 import stat
 import struct
 import warnings
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from grvl_sdk._constants import DEFAULT_MAX_IMAGE_PIXELS, MAX_ASPECT_RATIO, MAX_IMAGES_PER_CHECK
 from grvl_sdk._image_modes import to_rgb
 from grvl_sdk.errors import ImageError, ImageTooLargeError, InputError
 
-__all__ = ["ImageInput", "encode_data_url", "load_image", "load_images", "resize_to_grid", "smart_resize"]
+__all__ = [
+    "ImageInput",
+    "OriginalBytes",
+    "encode_data_url",
+    "load_image",
+    "load_images",
+    "original_bytes",
+    "resize_to_grid",
+    "smart_resize",
+]
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
@@ -229,6 +244,123 @@ def _normalise(image: Image.Image, max_image_pixels: int) -> Image.Image:
         raise ImageError(f"cannot convert {image.mode} image to RGB: {type(exc).__name__}: {exc}") from exc
 
 
+# -- original bytes -------------------------------------------------------------------------------
+
+#: Formats whose bytes are kept (``Image.format`` -> MIME type): what OpenAI-compatible servers accept.
+_ORIGINAL_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+@dataclass(frozen=True)
+class OriginalBytes:
+    """The encoded bytes a loaded image was decoded from, and their MIME type (``image/jpeg``,
+    ``image/png`` or ``image/webp``)."""
+
+    data: bytes
+    mime: str
+
+
+#: id(image) -> (its original bytes, the pixel buffer (``image.im``) they decode to); an entry is removed
+#: when its image is garbage-collected (before the id can be reused), and derived images (resize, copy,
+#: convert...) are new objects with no entry.
+_ORIGINALS: dict[int, tuple[OriginalBytes, Any]] = {}
+
+
+def original_bytes(image: Image.Image) -> OriginalBytes | None:
+    """The bytes ``image`` was loaded from by :func:`load_image` / :func:`load_images`, when a plain
+    decode of them gives exactly its pixels; else ``None``.
+
+    Kept only when all hold: the source was bytes, base64, a ``data:`` URL or a regular file; the format
+    is JPEG, PNG or WebP with a single frame; the decoded mode is ``RGB`` or ``L`` with no transparent
+    colour; no EXIF orientation other than 1; decoded at full size (no JPEG draft) and not resized; the
+    bytes are no larger than the raw RGB pixels (``3 * width * height``). Then ``Image.open(data)
+    .convert("RGB")`` — what vLLM and SGLang do with an image URL — equals ``image`` pixel for pixel (for
+    JPEG and lossy WebP: with the same decoder, libjpeg-turbo / libwebp as bundled by Pillow). The bytes
+    carry the file's metadata (EXIF, ICC profile) too. Not kept while ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is set (a truncated file would load here, grey-filled, but fail on a server without that setting). A
+    file is read once, and decoded from the bytes read, so the bytes kept are the bytes decoded even if the
+    file changes meanwhile.
+
+    An image that keeps its bytes is copy-on-write (Pillow's ``readonly``): editing it in place through
+    Pillow (``paste``, ``ImageDraw``, ``putpixel``, ``putdata``, ``thumbnail``...) first gives it its own
+    pixel buffer, and from then on this returns ``None``, so the edited pixels are what is sent. Writing
+    through ``image.load()[x, y]`` raises ``ValueError`` (copy the image first); ``Image.frombytes`` into
+    it, or writes through ``image.im``, bypass Pillow's check: do not.
+    """
+    entry = _ORIGINALS.get(id(image))
+    if entry is None:
+        return None
+    original, pixels = entry
+    try:
+        unchanged = bool(image.readonly) and image.im is pixels
+    except Exception:  # a closed image: nothing to send
+        unchanged = False
+    if unchanged:
+        return original
+    _ORIGINALS.pop(id(image), None)  # edited in place: the bytes no longer describe it
+    return None
+
+
+def _plain_mime(image: Image.Image) -> str | None:
+    """The MIME type of an opened (not yet normalised) image whose bytes decode, with a plain
+    ``Image.open(...).convert("RGB")``, to exactly what :func:`_finish` makes of it; else ``None``."""
+    mime = _ORIGINAL_FORMATS.get(image.format or "")
+    if mime is None or getattr(image, "n_frames", 1) != 1 or _FULL_SIZE in image.info:
+        return None
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # the bytes may be truncated: a plain decode elsewhere fails on them
+        return None
+    if image.mode not in ("RGB", "L") or "transparency" in image.info:  # to_rgb composites those on white
+        return None
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # PIL raises many types on broken EXIF data (reported by _normalise)
+        return None
+    return mime if orientation == 1 else None
+
+
+def _keep_original(frames: list[Image.Image], opened: tuple[int, int], data: bytes, mime: str | None) -> None:
+    """Remember ``data`` for the one loaded frame when it was not resized and the bytes are not larger
+    than its raw pixels."""
+    if mime is None or len(frames) != 1:
+        return
+    image = frames[0]
+    if image.size != opened or image.mode != "RGB" or len(data) > 3 * image.width * image.height:
+        return
+    image.readonly = 1  # copy-on-write: an edit through Pillow gives it a new pixel buffer (see original_bytes)
+    key = id(image)
+    _ORIGINALS[key] = (OriginalBytes(data, mime), image.im)
+    weakref.finalize(image, _ORIGINALS.pop, key, None).atexit = False
+
+
+def _read_candidate(file: IO[bytes], max_image_pixels: int, max_pixels: int | None, grid: Grid | None) -> bytes | None:
+    """The whole (regular) file, read once, when its bytes may be kept (:func:`original_bytes`): a JPEG,
+    PNG or WebP whose header size the resize keeps, no larger than its raw RGB pixels; else ``None``.
+
+    The image is then decoded from these bytes, never from the file again: a file rewritten while it
+    is loaded cannot make the bytes kept differ from the bytes decoded."""
+    bound = min(n for n in (max_image_pixels, max_pixels, grid[1] if grid else None) if n is not None)
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if size > 3 * bound:  # larger than the raw pixels of any image that can keep its bytes
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = Image.open(file, formats=tuple(_ORIGINAL_FORMATS))  # the header only
+        width, height = header.size
+        del header  # (WebP holds the whole file)
+        if width * height > bound or size > 3 * width * height:
+            return None
+        if _target_size(width, height, max_pixels, grid) != (width, height):
+            return None
+        file.seek(0)
+        data = file.read(3 * width * height + 1)
+    except Exception:  # unreadable or not one of those formats: decoded (and reported) from the file
+        return None
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            file.seek(0)
+    return data if len(data) <= 3 * width * height else None
+
+
 # -- loading --------------------------------------------------------------------------------------
 
 
@@ -276,8 +408,22 @@ def _load_file(
     path: str | bytes, max_image_pixels: int, max_pixels: int | None, frames: bool, grid: Grid | None = None
 ) -> list[Image.Image]:
     with _regular_file(path) as file:  # kept open until converted: multi-frame files read lazily
+        data = _read_candidate(file, max_image_pixels, max_pixels, grid)
+        if data is not None:  # decoded from the bytes read, which are the bytes kept
+            image = _open(data, max_image_pixels, max_pixels, grid)
+            return _finish_bytes(image, data, max_image_pixels, max_pixels, frames, grid)
         image = _open(file, max_image_pixels, max_pixels, grid)
         return _finish_frames(image, max_image_pixels, max_pixels, frames, grid)
+
+
+def _finish_bytes(
+    image: Image.Image, data: bytes, max_image_pixels: int, max_pixels: int | None, frames: bool, grid: Grid | None
+) -> list[Image.Image]:
+    """:func:`_finish_frames` of ``image``, opened from ``data``, remembering ``data`` where it can."""
+    mime, opened = _plain_mime(image), image.size
+    loaded = _finish_frames(image, max_image_pixels, max_pixels, frames, grid)
+    _keep_original(loaded, opened, data, mime)
+    return loaded
 
 
 def _load(
@@ -292,9 +438,8 @@ def _load(
             raise ImageError(f"cannot read image bytes from a {type(source).__name__}: {exc}") from exc
         if not data:
             raise ImageError("image bytes are empty")
-        return _finish_frames(
-            _open(data, max_image_pixels, max_pixels, grid), max_image_pixels, max_pixels, frames, grid
-        )
+        image = _open(data, max_image_pixels, max_pixels, grid)
+        return _finish_bytes(image, data, max_image_pixels, max_pixels, frames, grid)
     if isinstance(source, os.PathLike):
         try:
             path = os.fspath(source)
@@ -314,7 +459,7 @@ def _load(
             if _looks_like_path(source) and not _DATA_URL.match(source):
                 raise ImageError(f"image file not found: {source} (nor is it base64 image data: {exc})") from exc
             raise
-        return _finish_frames(image, max_image_pixels, max_pixels, frames, grid)
+        return _finish_bytes(image, decoded, max_image_pixels, max_pixels, frames, grid)
     raise ImageError(
         f"unsupported image type {type(source).__name__}: pass a path, bytes, a PIL image, base64 or a data: URL"
     )
@@ -326,7 +471,9 @@ def load_image(
     """Load ``source`` as an 8-bit RGB PIL image (pixel modes converted as the module docstring says).
 
     Returns the **first frame** of an animated or multi-page image; :func:`load_images` (what the guard
-    uses) returns every frame. ``max_image_pixels`` rejects larger images (decompression bombs) with
+    uses) returns every frame. An image that keeps its original bytes (:func:`original_bytes`) is
+    copy-on-write: Pillow edits work (on a private copy of the pixels), ``image.load()[x, y] = ...``
+    raises ``ValueError`` (edit a ``copy()``). ``max_image_pixels`` rejects larger images (decompression bombs) with
     :class:`ImageTooLargeError`. ``max_pixels``, when given, shrinks the image (keeping its aspect ratio)
     to at most that many pixels. Raises :class:`ImageError` for anything unreadable: missing or
     non-regular file, bad base64, corrupt data, an unsupported pixel mode or value range, an aspect

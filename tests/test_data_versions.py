@@ -52,7 +52,7 @@ def test_version_rules():
         "rl-summary",
         "pipeline-state",
     }
-    assert all(parse_version(v) == (1, 0) for v in FORMATS.values())
+    assert all(parse_version(v)[0] == 1 for v in FORMATS.values())  # no format has changed a field's meaning
     assert list(stamp("eval-run", {"a": 1, "version": "0.1"})) == ["version", "a"]
     assert check_version("eval-run", {}) == (1, 0)  # older files have none
     assert check_version("eval-run", {"version": "1.7"}) == (1, 7)  # a newer minor adds optional fields
@@ -82,10 +82,11 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_eval_files_carry_their_version(run_dir):
     predictions = lines(run_dir / "predictions" / "Mine.jsonl")
-    assert [p["version"] for p in predictions] == ["1.0", "1.0"]
+    # 1.1: predictions gained the optional score, tier and escalation fields; results.json the mode.
+    assert [p["version"] for p in predictions] == ["1.1", "1.1"]
     assert json.loads((run_dir / "run.json").read_text())["version"] == "1.0"
-    assert json.loads((run_dir / "results.json").read_text())["version"] == "1.0"
-    assert PredictionRecord(id="a", gold="harmful").to_dict()["version"] == "1.0"
+    assert json.loads((run_dir / "results.json").read_text())["version"] == "1.1"
+    assert PredictionRecord(id="a", gold="harmful").to_dict()["version"] == "1.1"
 
 
 def test_eval_files_without_a_version_are_read(run_dir):
@@ -187,11 +188,11 @@ def test_training_run_files_carry_their_version_and_read_back(tmp_path):
     config = RSFTConfig.preset("3b", train_data=[str(tmp_path / "a.jsonl")], output_dir=str(tmp_path))
     path = write_run_config(tmp_path, config.to_dict(), {"processes": 1, "bf16": False})
     written = yaml.safe_load(path.read_text())
-    assert (path.name, next(iter(written)), written["version"]) == ("rsft_config.yaml", "version", "1.0")
+    assert (path.name, next(iter(written)), written["version"]) == ("rsft_config.yaml", "version", "1.1")
     assert written["resolved"] == {"processes": 1, "bf16": False}
     assert RSFTConfig.from_yaml(path) == config  # a run's settings file is a config again
     summary = json.loads(write_data_summary(tmp_path, {"total": 3}, ["a:1"]).read_text())
-    assert summary == {"version": "1.0", "total": 3, "dropped_overlong": ["a:1"]}
+    assert summary == {"version": "1.1", "total": 3, "dropped_overlong": ["a:1"]}
 
     del written["version"]  # older run folders
     path.write_text(yaml.safe_dump(written))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grvl_sdk.backends.local import _decode_each
+from grvl_sdk.backends._token_scan import decode_each as _decode_each
 
 
 def test_the_fast_per_id_decode_matches_batch_decode(tiny_guard):

@@ -22,6 +22,7 @@ from grvl_sdk.types import Generation, TokenLogprobs
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
+    "bytes_data_url",
     "check_encoding",
     "choice_logprobs",
     "data_url",
@@ -50,6 +51,11 @@ def data_url(image: Image.Image, image_format: str, jpeg_quality: int = 95) -> s
     else:
         image.save(buffer, format="JPEG", quality=jpeg_quality)
     return f"data:image/{image_format.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def bytes_data_url(data: bytes, mime: str) -> str:
+    """Encoded image bytes (``mime``: ``image/jpeg``, ``image/png``, ``image/webp``) as a ``data:`` URL, as they are."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:

@@ -11,7 +11,14 @@ to ``max_wait_ms`` after the oldest input for others to join. On an idle guard t
 :data:`IDLE_GRACE` × ``max_wait_ms`` for a second input: if one comes, a burst is forming and the
 normal window applies, so a burst of concurrent callers after an idle period stays one batch (not
 ``[1, 7]``); a lone check pays only that grace (0.5 ms at the default 2 ms). Inputs with different
-``max_new_tokens`` never share a batch.
+``max_new_tokens`` never share a batch (except in the continuous loop below).
+
+**Continuous batching.** When the backend runs a continuous-batching loop (the local backend with
+``continuous_batching=True``: :mod:`grvl_sdk.backends._continuous`), the worker hands the batch it took
+to that loop and, whenever rows finish, the loop takes more pending inputs (any ``max_new_tokens``)
+into the free slots; each caller's future resolves as soon as its own row is done, and an input that
+fails fails alone.
+
 Results are routed back through each caller's own future; when a batch fails, its inputs are retried
 one by one so one bad input cannot fail the others (:func:`generate_isolated`, also used by
 ``Guard.check_batch``).
@@ -37,7 +44,7 @@ from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError
 from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
-__all__ = ["MicroBatched", "MicroBatcher", "agenerate_isolated", "generate_isolated"]
+__all__ = ["MicroBatched", "MicroBatcher", "agenerate_isolated", "continuous_runner", "generate_isolated", "refilling"]
 
 logger = logging.getLogger("grvl_sdk")
 
@@ -54,6 +61,38 @@ RunBatch = Callable[[Sequence[GuardInput], int, "float | None"], list[Generation
 T = TypeVar("T")
 #: What one input of a batch ended with: its output, or the error that failed it.
 Outcome = Generation | Exception
+Settle = Callable[["_Pending", Outcome], None]
+Take = Callable[[int], "list[_Pending]"]
+#: ``continuous(first, settle, take)``: a continuous-batching run (see :class:`MicroBatcher`).
+ContinuousRun = Callable[[Sequence["_Pending"], Settle, Take], None]
+
+
+def continuous_runner(backend: object) -> Callable[..., None] | None:
+    """The ``run_continuous`` of the backend under ``backend``'s wrappers (``.inner``), when that backend
+    has continuous batching switched on (``continuous_batching is True``); else ``None``."""
+    seen: object | None = backend
+    for _ in range(8):
+        if seen is None:
+            return None
+        run = getattr(seen, "run_continuous", None)
+        if getattr(seen, "continuous_batching", False) is True and callable(run):
+            return run  # type: ignore[no-any-return]
+        seen = getattr(seen, "inner", None)
+    return None
+
+
+def refilling(stack: object) -> MicroBatched | None:
+    """The :class:`MicroBatched` under ``stack``'s wrappers (``.inner``) when it refills batches while
+    they run (continuous batching): a caller then hands over all its inputs at once
+    (:meth:`MicroBatched.outcomes`) instead of in chunks of the batch size."""
+    seen: object | None = stack
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, MicroBatched) and seen.refills:
+            return seen
+        seen = getattr(seen, "inner", None)
+    return None
 
 
 def _all_fail(exc: Exception) -> bool:
@@ -103,14 +142,20 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Coalesces concurrent single checks into batches for one backend."""
+    """Coalesces concurrent single checks into batches for one backend. With ``continuous``
+    (``continuous(first, settle, take)``: runs ``first``, takes more with ``take(n)`` as rows free up,
+    calls ``settle(pending, outcome)`` once per input) batches are refilled while they run."""
 
-    def __init__(self, run: RunBatch, *, max_batch_size: int, max_wait_ms: float) -> None:
+    def __init__(
+        self, run: RunBatch, *, max_batch_size: int, max_wait_ms: float, continuous: ContinuousRun | None = None
+    ) -> None:
         if max_batch_size < 1:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not 0 <= max_wait_ms < 60_000:  # NaN fails too
             raise InputError(f"max_wait_ms must be in [0, 60000), got {max_wait_ms}")
         self._run = run
+        self._continuous = continuous
+        self._in_flight = 0
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self._pending: list[_Pending] = []
@@ -159,7 +204,9 @@ class MicroBatcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            batch = [p for p in self._pending if p.max_new_tokens == first.max_new_tokens][: self.max_batch_size]
+            any_budget = self._continuous is not None  # the continuous loop runs each row to its own budget
+            fits = [p for p in self._pending if any_budget or p.max_new_tokens == first.max_new_tokens]
+            batch = fits[: self.max_batch_size]
             taken = {id(p) for p in batch}
             self._pending = [p for p in self._pending if id(p) not in taken]
             if len(batch) > 1:
@@ -173,6 +220,9 @@ class MicroBatcher:
             batch = self._take()
             if batch is None:
                 return
+            if self._continuous is not None:
+                self._work_continuous(batch)
+                continue
             outcomes: list[Outcome] = []
             try:
                 if batch:
@@ -184,6 +234,58 @@ class MicroBatcher:
                     self._settle(batch, outcomes)
                     raise
             self._settle(batch, outcomes)
+
+    def _work_continuous(self, batch: list[_Pending]) -> None:
+        """One run of the continuous loop: ``batch`` first, then pending inputs as rows free up."""
+        assert self._continuous is not None
+        unsettled = {id(p): p for p in batch}
+        with self._cond:
+            self._in_flight = len(batch)
+            if not batch:
+                self._running = False
+                return
+
+        def settle(pending: _Pending, outcome: Outcome) -> None:
+            if unsettled.pop(id(pending), None) is None:
+                return
+            with self._cond:
+                self.items += 1
+                self._in_flight -= 1
+                if self._in_flight <= 0 and not self._pending:
+                    self._running = False  # idle again before the caller wakes (see _settle)
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+        def take(n: int) -> list[_Pending]:
+            with self._cond:
+                if self._closed or n <= 0:
+                    return []
+                taken, self._pending = self._pending[:n], self._pending[n:]
+                if taken:
+                    self._last_concurrent = time.monotonic()
+            live = [p for p in taken if p.future.set_running_or_notify_cancel()]
+            with self._cond:
+                self._in_flight += len(live)
+            unsettled.update((id(p), p) for p in live)
+            return live
+
+        try:
+            self._continuous(batch, settle, take)
+        except BaseException as exc:  # never leave a caller waiting, and keep serving the others
+            error = exc if isinstance(exc, Exception) else BackendError(f"the backend raised {type(exc).__name__}")
+            for pending in list(unsettled.values()):
+                settle(pending, error)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            for pending in list(unsettled.values()):  # a loop that returned without settling everything
+                settle(pending, BackendError("the continuous-batching loop ended without an output for this input"))
+            with self._cond:
+                self.batches += 1
+                self._in_flight = 0
+                self._running = False
 
     def _run_pending(self, batch: Sequence[_Pending]) -> list[Generation]:
         deadlines = [p.deadline for p in batch]
@@ -241,7 +343,16 @@ class MicroBatched(Backend):
         def run(items: Sequence[GuardInput], budget: int, deadline: float | None) -> list[Generation]:
             return inner.generate(items, max_new_tokens=budget, deadline=deadline)
 
-        self.batcher = MicroBatcher(run, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+        runner = continuous_runner(inner)
+        continuous: ContinuousRun | None = None
+        if runner is not None:
+
+            def continuous(first: Sequence[_Pending], settle: Settle, take: Take) -> None:
+                runner(first, settle, take, slots=max_batch_size)
+
+        #: Whether batches are refilled while they run (the backend's continuous-batching loop).
+        self.refills = continuous is not None
+        self.batcher = MicroBatcher(run, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, continuous=continuous)
 
     @property
     def image_bounds(self) -> tuple[int, int] | None:
@@ -272,6 +383,24 @@ class MicroBatched(Backend):
             raise DeadlineExceededError("deadline passed while queued or generating")
         return [future.result() for future in futures]
 
+    def outcomes(self, inputs: Sequence[GuardInput], max_new_tokens: int, deadline: float | None) -> list[Outcome]:
+        """Greedy outputs of ``inputs``, one outcome per input (its ``Generation`` or the error that
+        failed it alone; :class:`DeadlineExceededError` for those not done by ``deadline``)."""
+        futures = self._submit(inputs, max_new_tokens, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait(futures, timeout=timeout)
+        return [_outcome(future) for future in futures]
+
+    async def aoutcomes(
+        self, inputs: Sequence[GuardInput], max_new_tokens: int, deadline: float | None
+    ) -> list[Outcome]:
+        """Async twin of :meth:`outcomes`."""
+        futures = self._submit(inputs, max_new_tokens, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wrapped = [asyncio.wrap_future(f) for f in futures]
+        await asyncio.wait(wrapped, timeout=timeout)
+        return [_outcome(future) for future in futures]
+
     async def agenerate(
         self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None,
         decoding: Decoding = GREEDY,
@@ -293,3 +422,14 @@ class MicroBatched(Backend):
     async def aclose(self) -> None:
         await to_daemon_thread(self.batcher.close)
         await self.inner.aclose()
+
+
+def _outcome(future: Future[Generation]) -> Outcome:
+    """A settled future's result or error; a pending one is cancelled: the deadline passed."""
+    if not future.done():
+        future.cancel()
+        return DeadlineExceededError("deadline passed while queued or generating")
+    if future.cancelled():
+        return DeadlineExceededError("deadline passed while queued")
+    error = future.exception()
+    return error if isinstance(error, Exception) else future.result()

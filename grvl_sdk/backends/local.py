@@ -17,13 +17,16 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, SCORE_TOP_K
+from grvl_sdk._constants import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, SCORE_TOP_K
 from grvl_sdk._lazy import require
 from grvl_sdk._threads import to_daemon_thread
+from grvl_sdk.backends._continuous import ContinuousDecoder, ContinuousJob, PrefixCache, continuous_decoding
 from grvl_sdk.backends._decoding import _LabelLogprobs, _StopAtDeadline, _StopOnVerdict
 from grvl_sdk.backends._loading import resolve_model
 from grvl_sdk.backends._processor import load_processor
+from grvl_sdk.backends._token_scan import scanned_tokens
 from grvl_sdk.backends.base import Backend
+from grvl_sdk.backends.compiled import CompiledDecoding, CompileSettings
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError, ModelLoadError
 from grvl_sdk.protocol.encoding import EncodedBatch, PromptEncoder
 from grvl_sdk.protocol.parsing import verdict_end
@@ -47,6 +50,8 @@ class LocalBackend(Backend):
     """
 
     prefers_micro_batching = True
+    #: The compiled decode path (``from_pretrained(..., compile=True)``; :mod:`grvl_sdk.backends.compiled`).
+    compiled: CompiledDecoding | None = None
 
     def __init__(
         self,
@@ -58,11 +63,19 @@ class LocalBackend(Backend):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         score_top_k: int = SCORE_TOP_K,
         score_every_step: bool = False,
+        continuous_batching: bool = False,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        prefix_cache_size: int = 0,
     ) -> None:
         if min_pixels < 1 or max_pixels < min_pixels:
             raise InputError(f"need 1 <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         if score_top_k < 0:
             raise InputError(f"score_top_k must be >= 0, got {score_top_k}")
+        if max_batch_size < 1 or prefix_cache_size < 0:
+            sizes = f"{max_batch_size}, {prefix_cache_size}"
+            raise InputError(f"need max_batch_size >= 1 and prefix_cache_size >= 0, got {sizes}")
+        if prefix_cache_size and not continuous_batching:
+            raise InputError("prefix_cache_size needs continuous_batching=True (the prefix cache lives in that loop)")
         self.score_top_k = score_top_k
         self.score_every_step = score_every_step
         self.model = model
@@ -71,10 +84,14 @@ class LocalBackend(Backend):
         self.encoder = PromptEncoder(processor, min_pixels=min_pixels, max_pixels=max_pixels)
         self.tokenizer = self.encoder.tokenizer
         self._lock = threading.Lock()
-        vocab = self.tokenizer.get_vocab()
-        self._trigger_ids = frozenset(i for tok, i in vocab.items() if ">" in tok)
-        self._label_trigger_ids = self._collect_label_triggers()
+        scan = scanned_tokens(self.tokenizer)  # cached per tokenizer: ~1 s over a 151k vocabulary
+        self._trigger_ids = scan.triggers
+        self._label_trigger_ids = scan.label_triggers
         self._eos_ids = self._collect_eos_ids()
+        #: Greedy generations run in the continuous-batching loop (:mod:`grvl_sdk.backends._continuous`).
+        self.continuous_batching = continuous_batching
+        self.max_batch_size = max_batch_size
+        self.prefix_cache: PrefixCache | None = PrefixCache(prefix_cache_size) if prefix_cache_size else None
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -92,18 +109,31 @@ class LocalBackend(Backend):
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         score_top_k: int = SCORE_TOP_K,
+        compile: bool | CompileSettings = False,
+        continuous_batching: bool = False,
+        prefix_cache_size: int = 0,
         **model_kwargs: Any,
     ) -> LocalBackend:
         """Load a checkpoint (hub id or local folder).
 
         ``dtype`` defaults to bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 on CPU; ``device``
         defaults to CUDA when available. ``quantization`` is ``None``, ``"4bit"`` (NF4, double
-        quantisation) or ``"8bit"``, via bitsandbytes; the vision tower is not quantised.
+        quantisation) or ``"8bit"``, via bitsandbytes; the vision tower is not quantised. ``compile``
+        (``True`` or a :class:`~grvl_sdk.backends.compiled.CompileSettings`): greedy decoding with a static
+        KV cache and a ``torch.compile``-d decode step, compiled once here; raises
+        :class:`~grvl_sdk.errors.CompileUnsupportedError` where that cannot work (see the module).
+        ``continuous_batching``: greedy generations run in the continuous-batching loop
+        (:mod:`grvl_sdk.backends._continuous`: finished rows leave the batch, queued inputs take their
+        slots; not with ``compile``); ``prefix_cache_size``: how many prompt key/value caches that loop
+        keeps for prompts that start with the same tokens (a stream's successive checks; 0: off).
         """
         torch = require("torch", extra="local")
         transformers = require("transformers", extra="local")
         if quantization not in (None, "4bit", "8bit"):
             raise InputError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+        if compile and continuous_batching:
+            raise InputError("continuous_batching runs its own decode loop: it does not combine with compile")
+        compiling = CompiledDecoding.requested(compile, quantization=quantization, device=device, device_map=device_map)
         resolved, local_only = resolve_model(model_id, revision=revision, cache_dir=cache_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = _resolve_dtype(torch, dtype, device)
@@ -137,21 +167,15 @@ class LocalBackend(Backend):
         if quantization is None and device_map is None:
             model.to(device)
         model.eval()
-        return cls(
-            model, processor, model_id=model_id, min_pixels=min_pixels, max_pixels=max_pixels, score_top_k=score_top_k
-        )
+        backend = cls(
+            model, processor, model_id=model_id, min_pixels=min_pixels, max_pixels=max_pixels, score_top_k=score_top_k,
+            continuous_batching=continuous_batching, prefix_cache_size=prefix_cache_size,
+        )  # fmt: skip
+        if compiling is not None:
+            CompiledDecoding.install(backend, compiling)
+        return backend
 
     # -- generation --------------------------------------------------------------------------
-    def _collect_label_triggers(self) -> frozenset[int]:
-        """Tokens after which a label may start: text ending in ``:`` or ``*``, or only whitespace."""
-        ids = range(len(self.tokenizer))
-        texts = _decode_each(self.tokenizer, ids)
-        return frozenset(
-            i
-            for i, text in zip(ids, texts, strict=True)
-            if text.rstrip().endswith((":", "*")) or (text and not text.strip())
-        )
-
     def _collect_eos_ids(self) -> set[int]:
         ids: set[int] = set()
         config = getattr(self.model, "generation_config", None)
@@ -225,8 +249,37 @@ class LocalBackend(Backend):
             from grvl_sdk.backends._fast_local import FastScorer
 
             return FastScorer.of(self).score(inputs, deadline=deadline)
+        if self.continuous_batching and continuous_decoding(decoding):
+            return self.generate_continuous(inputs, max_new_tokens=max_new_tokens, deadline=deadline)
         batch = self.encoder.encode_batch(inputs, device=self.device, pixel_dtype=self._pixel_dtype())
         return self.generate_encoded(batch, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding)
+
+    def generate_continuous(
+        self, inputs: Sequence[GuardInput], *, max_new_tokens: int, deadline: float | None = None
+    ) -> list[Generation]:
+        """Greedy outputs of ``inputs`` through the continuous-batching loop (``max_batch_size`` rows at
+        once, finished rows refilled from the rest). Raises the first input's error if any failed
+        (:class:`DeadlineExceededError` first), like a failed batch of :meth:`generate_encoded`."""
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        jobs = [ContinuousJob(item, max_new_tokens, deadline) for item in inputs]
+        outcomes: dict[int, Generation | Exception] = {}
+        self.run_continuous(jobs, lambda job, outcome: outcomes.__setitem__(id(job), outcome))
+        results = [outcomes[id(job)] for job in jobs]
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, DeadlineExceededError)), errors[0])
+        return [r for r in results if isinstance(r, Generation)]
+
+    def run_continuous(self, first: Sequence[Any], settle: Any, take: Any = None, *, slots: int | None = None) -> None:
+        """Run the continuous-batching loop (:class:`~grvl_sdk.backends._continuous.ContinuousDecoder`)
+        over ``first`` and what ``take(n)`` hands over, ``slots`` rows at once (default
+        ``max_batch_size``); ``settle(job, outcome)`` once per job."""
+        if self.model is None:
+            raise GuardClosedError("the local backend is closed (its model was released)")
+        size = self.max_batch_size if slots is None else slots
+        decoder = ContinuousDecoder(self, slots=size, prefix_cache=self.prefix_cache)
+        decoder.run(first, settle, take)
 
     async def agenerate(
         self,
@@ -290,7 +343,9 @@ class LocalBackend(Backend):
         if self.model is None:
             self._lock.release()
             raise GuardClosedError("the local backend is closed (its model was released)")
-        head = self.model.get_output_embeddings() if scores is not None else None
+        # compile=True: static cache, compiled decode step, scores read by a logits processor (not the hook)
+        compiled = self.compiled is not None and self.compiled.adapt(kwargs, width + max_new_tokens, scores, decoding)
+        head = self.model.get_output_embeddings() if scores is not None and not compiled else None
         handle = head.register_forward_hook(scores.hook) if head is not None and scores is not None else None
         try:
             started = time.perf_counter()
@@ -309,7 +364,7 @@ class LocalBackend(Backend):
             if handle is not None:
                 handle.remove()
             self._lock.release()
-        recorded = scores.rows() if scores is not None and handle is not None else None
+        recorded = scores.rows() if scores is not None and (handle is not None or compiled) else None
         generations = [
             self._to_generation(
                 row,
@@ -385,16 +440,6 @@ class LocalBackend(Backend):
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover
             pass
-
-
-def _decode_each(tokenizer: Any, ids: range) -> list[str]:
-    """Each id decoded alone (what ``tokenizer.batch_decode([[i] for i in ids])`` gives). A fast
-    tokenizer that does not clean up spaces is decoded by its Rust backend directly: the same texts,
-    without the per-id Python work (3-4x faster over a 151k vocabulary)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
-        return list(backend.decode_batch([[i] for i in ids], skip_special_tokens=False))
-    return list(tokenizer.batch_decode([[i] for i in ids]))
 
 
 def _resolve_dtype(torch: Any, dtype: Any, device: str) -> Any:

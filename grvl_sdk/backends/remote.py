@@ -8,7 +8,9 @@ Each input becomes one ``POST {base_url}/chat/completions``:
   prompt the model was trained on. Images are resized on the client, once, to Qwen2.5-VL's grid
   (:func:`grvl_sdk.images.resize_to_grid` with ``min_pixels``/``max_pixels``, the rule the local
   backend applies), so the server's processor has nothing left to change and a remote guard sees
-  the pixels a local one sees;
+  the pixels a local one sees. An image already on the grid whose original bytes decode to exactly
+  its pixels (:func:`grvl_sdk.images.original_bytes`: JPEG, PNG or WebP given as bytes or a file,
+  RGB or grayscale, no EXIF rotation) is sent as those bytes, with no re-encoding;
 - greedy decoding: ``temperature=0``, ``top_p=1``, ``repetition_penalty=1.0`` (vLLM/SGLang would
   otherwise apply the checkpoint's 1.05), ``max_tokens``; ``logprobs`` with ``top_logprobs`` for scores;
 - user text that spells a special token (``<|im_end|>``...) gets a zero-width space after ``<|``: a
@@ -40,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from grvl_sdk._constants import (
     DEFAULT_BACKOFF_BASE,
@@ -61,6 +64,7 @@ from grvl_sdk.backends._loops import LoopClients
 from grvl_sdk.backends._resilience import CircuitBreaker, RetryPolicy
 from grvl_sdk.backends._wire import (
     MAX_RESPONSE_BYTES,
+    bytes_data_url,
     check_encoding,
     data_url,
     encode_body,
@@ -70,7 +74,7 @@ from grvl_sdk.backends._wire import (
 )
 from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import DeadlineExceededError, GuardClosedError, InputError, RemoteBackendError
-from grvl_sdk.images import resize_to_grid
+from grvl_sdk.images import original_bytes, resize_to_grid
 from grvl_sdk.protocol.prompt import build_messages
 from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
@@ -107,7 +111,11 @@ class RemoteBackend(Backend):
     before sending, exactly as the local backend does (``max_pixels=None``: images are sent as they
     are, and the server's own bounds apply). ``send_pixel_bounds`` also sends them as
     ``mm_processor_kwargs`` (vLLM reads it; leave it off for servers that refuse unknown fields).
-    ``extra_body`` fields are merged over the decoding defaults (``repetition_penalty=1.0``).
+    ``image_format``: ``"PNG"`` (lossless) or ``"JPEG"`` at ``jpeg_quality``. ``send_original_bytes``: an
+    image already on the grid whose original JPEG/PNG/WebP bytes decode to exactly its pixels
+    (:func:`grvl_sdk.images.original_bytes`) is sent as those bytes instead (no encoding on the client,
+    the server decodes the same pixels; the bytes keep the file's metadata, EXIF included: ``False``
+    always re-encodes). ``extra_body`` fields are merged over the decoding defaults (``repetition_penalty=1.0``).
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class RemoteBackend(Backend):
         send_pixel_bounds: bool = False,
         image_format: str = "PNG",
         jpeg_quality: int = 95,
+        send_original_bytes: bool = True,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -152,6 +161,8 @@ class RemoteBackend(Backend):
                              ("breaker_reset_s", breaker_reset_s)):  # fmt: skip
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number < math.inf:
                 raise InputError(f"{name} must be a finite number of seconds >= 0, got {number!r}", field=name)
+        if not isinstance(send_original_bytes, bool):
+            raise InputError(f"send_original_bytes must be True or False, got {send_original_bytes!r}")
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise InputError(f"extra_body must be a dict, got {type(extra_body).__name__}")
         if headers is not None and not isinstance(headers, Mapping):
@@ -172,6 +183,7 @@ class RemoteBackend(Backend):
         if jpeg_quality > 100:
             raise InputError(f"jpeg_quality must be 1 to 100, got {jpeg_quality}", field="jpeg_quality")
         self.jpeg_quality = jpeg_quality
+        self.send_original_bytes = send_original_bytes
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s)
         self.extra_body = {**_DECODING_DEFAULTS, **(extra_body or {})}
@@ -205,8 +217,11 @@ class RemoteBackend(Backend):
 
     @property
     def cache_settings(self) -> str:
+        # PNG and original bytes give the server the same pixels; JPEG re-encoding does not, so with JPEG
+        # whether originals are sent is part of the settings.
+        jpeg = f":q{self.jpeg_quality}{':orig' if self.send_original_bytes else ''}"
         return f"remote:{self.base_url}:{self.min_pixels}:{self.max_pixels}:{self.image_format}" + (
-            f":q{self.jpeg_quality}" if self.image_format == "JPEG" else ""
+            jpeg if self.image_format == "JPEG" else ""
         )
 
     @property
@@ -216,12 +231,7 @@ class RemoteBackend(Backend):
     # -- request / response ------------------------------------------------------------------
     def payload(self, item: GuardInput, max_new_tokens: int, decoding: Decoding = GREEDY) -> dict[str, Any]:
         """The JSON body sent for one input (greedy unless ``decoding`` samples; ``n`` choices)."""
-        bounds = self.image_bounds
-        images = [
-            image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
-            for image in item.images
-        ]
-        urls = [data_url(image, self.image_format, self.jpeg_quality) for image in images]
+        urls = [self.image_url(image) for image in item.images]
         messages = build_messages(
             neutralise(item.text),
             neutralise(item.response),
@@ -250,6 +260,18 @@ class RemoteBackend(Backend):
         if decoding.repetition_penalty != 1.0:
             body["repetition_penalty"] = decoding.repetition_penalty
         return body
+
+    def image_url(self, image: Image.Image) -> str:
+        """The ``data:`` URL sent for ``image``: resized to the grid (when ``max_pixels`` is set) and
+        encoded as ``image_format``, or its original bytes when it needs no resize and
+        :func:`~grvl_sdk.images.original_bytes` has them (``send_original_bytes``)."""
+        bounds = self.image_bounds
+        sent = image if bounds is None else resize_to_grid(image, min_pixels=bounds[0], max_pixels=bounds[1])
+        if self.send_original_bytes and sent is image:
+            original = original_bytes(image)
+            if original is not None:
+                return bytes_data_url(original.data, original.mime)
+        return data_url(sent, self.image_format, self.jpeg_quality)
 
     def _timeout(self, deadline: float | None) -> httpx.Timeout:
         """The attempt's timeouts, each capped by the time left before the deadline."""

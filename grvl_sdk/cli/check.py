@@ -46,6 +46,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="vision budget per image")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a static KV cache and torch.compile (compiles at load: slower start, faster decode; "
+        "with --quantization auto it loads unquantised)",
+    )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--show-raw", action="store_true", help="print the whole raw model output (human mode)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs, progress bars, warnings")
@@ -55,8 +61,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _quantization(choice: str) -> str | None:
+def _quantization(choice: str, *, compile: bool = False) -> str | None:
+    """The ``--quantization`` choice: ``auto`` is 4-bit on CUDA and none on CPU, and none with
+    ``--compile`` (quantised weights cannot be compiled)."""
     if choice == "auto":
+        if compile:
+            return None
         try:
             import torch
 
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         return _error(exc.message, EXIT_INPUT, args.json, exc)
     model = args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
-    quantization = _quantization(args.quantization)
+    quantization = _quantization(args.quantization, compile=args.compile)
     from grvl_sdk.guard import Guard
 
     print(f"Loading guard model {model} (quantization: {quantization or 'none'})...", file=sys.stderr, flush=True)
@@ -99,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             max_new_tokens=args.max_new_tokens,
             max_pixels=args.max_pixels,
+            compile=args.compile,
         )
     except (ModelLoadError, MissingDependencyError) as exc:
         return _error(exc.message, EXIT_LOAD, args.json, exc)

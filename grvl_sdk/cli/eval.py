@@ -162,7 +162,11 @@ def register(subparsers: Any) -> None:
     report.add_argument("--out", metavar="DIR", help="where to write (default: the results folder)")
     report.set_defaults(func=_report)
 
-    compare = sub.add_parser("compare", help="print results side by side in the paper's layout")
+    compare = sub.add_parser(
+        "compare",
+        help="print results side by side in the paper's layout, and each results folder's mode, output tokens, "
+        "latency and (auto) escalations",
+    )
     compare.add_argument("items", nargs="+", metavar="X", help=_COMPARE_HELP)
     compare.add_argument("--png", metavar="FILE", help="also draw the F1 bar chart (first item is the main run)")
     compare.set_defaults(func=_compare)
@@ -441,6 +445,15 @@ def _compare(args: argparse.Namespace) -> int:
         return _fail(exc.message)
     for task, title in TASK_TITLES.items():
         print(f"## {title}\n\n{paper_table(rows, task)}\n")
+    folders = [item for item in args.items if not item.startswith("published")]
+    if folders:
+        from grvl_sdk.eval.tiers_table import cost_table
+
+        try:
+            table = cost_table(folders)
+        except GRVLError as exc:
+            return _fail(exc.message)
+        print(f"## Cost per run (mode, output tokens, latency)\n\n{table}\n")
     sources = sources_section(rows)
     if sources:
         print("## Sources\n\n" + "\n".join(sources) + "\n")

@@ -43,6 +43,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument("--dtype", help="bfloat16, float16 or float32")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="local guard: static KV cache + torch.compile of the decode step, compiled while loading "
+        "(--quantization auto then loads unquantised)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help=f"longest guard output in tokens (default {DEFAULT_MAX_NEW_TOKENS})")  # fmt: skip
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -163,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
             def source() -> Guard:  # loaded on a thread once the server listens: /ready says when
                 from grvl_sdk.cli.check import _quantization
 
-                return Guard.from_pretrained(model, quantization=_quantization(args.quantization), device=args.device,
-                                             dtype=args.dtype, max_new_tokens=args.max_new_tokens)  # fmt: skip
+                return Guard.from_pretrained(model, quantization=_quantization(args.quantization, compile=args.compile),
+                                             device=args.device, dtype=args.dtype, compile=args.compile,
+                                             max_new_tokens=args.max_new_tokens)  # fmt: skip
 
             where = f"loading the guard {model} in the background; /ready answers 200 once it is loaded"
     except GRVLError as exc:

@@ -8,12 +8,14 @@ without a version was written before versions existed and is read as version ``1
 =======================  =========  =========================================================
 format                   version    files
 =======================  =========  =========================================================
-``eval-prediction``      1.0        ``predictions/<benchmark>.jsonl`` lines (``run_eval``)
+``eval-prediction``      1.1        ``predictions/<benchmark>.jsonl`` lines (``run_eval``); 1.1 adds
+                                    ``score``, ``tier`` and ``escalation``
 ``eval-run``             1.0        ``run.json`` of a results folder
-``eval-results``         1.0        ``results.json`` of a results folder
+``eval-results``         1.1        ``results.json`` of a results folder; 1.1 adds ``mode``
 ``synthesis-record``     1.0        ``records.jsonl`` lines (``synthesize``; R-SFT data)
 ``synthesis-dropped``    1.0        ``dropped.jsonl`` lines (``synthesize``)
-``training-run``         1.0        ``rsft_config.yaml`` and ``data_summary.json`` of a run folder
+``training-run``         1.1        ``rsft_config.yaml`` and ``data_summary.json`` of a run folder; 1.1
+                                    adds ``fast_fraction`` and ``fast_prompts``
 ``training-metrics``     1.0        ``metrics.jsonl`` lines of a run folder
 ``rl-record``            1.0        ``train.jsonl`` / ``validation.jsonl`` lines of RL data
 ``rl-attempt``           1.0        ``attempts.jsonl`` lines of rejection sampling (read on resume)
@@ -36,12 +38,12 @@ __all__ = ["FORMATS", "VERSION_FIELD", "check_version", "parse_version", "stamp"
 VERSION_FIELD = "version"
 #: The version this code writes, per format.
 FORMATS: dict[str, str] = {
-    "eval-prediction": "1.0",
+    "eval-prediction": "1.1",
     "eval-run": "1.0",
-    "eval-results": "1.0",
+    "eval-results": "1.1",
     "synthesis-record": "1.0",
     "synthesis-dropped": "1.0",
-    "training-run": "1.0",
+    "training-run": "1.1",
     "training-metrics": "1.0",
     "rl-record": "1.0",
     "rl-attempt": "1.0",

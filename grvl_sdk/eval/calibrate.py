@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grvl_sdk.errors import EvalError
-from grvl_sdk.eval.formats import read_records
 from grvl_sdk.eval.metrics import f1_score, weighted_average
-from grvl_sdk.eval.predictions import PredictionRecord
+from grvl_sdk.eval.predictions import PredictionRecord, folder_records
 
 __all__ = ["BandChoice", "calibrate_band"]
 
@@ -36,18 +35,6 @@ class BandChoice:
     mean_latency_ms: float | None
 
 
-def _runs(folder: str | Path) -> dict[str, dict[str, PredictionRecord]]:
-    predictions = Path(folder) / "predictions"
-    if not predictions.is_dir():
-        raise EvalError(f"{folder} is not a results folder of `grvl eval run` (no predictions/ in it)")
-    runs: dict[str, dict[str, PredictionRecord]] = {}
-    for path in sorted(predictions.glob("*.jsonl")):
-        for index, data in enumerate(read_records(path)):
-            record = PredictionRecord.from_dict(data, f"{path.name} item {index}")
-            runs.setdefault(record.benchmark or path.stem, {})[record.id] = record
-    return runs
-
-
 def _per_sample_ms(record: PredictionRecord) -> float | None:
     if record.latency_ms is None:
         return None
@@ -61,7 +48,7 @@ def calibrate_band(
     :class:`EvalError` when the folders share no sample or ``step`` is not in (0, 0.5]."""
     if not 0 < step <= 0.5 or max_f1_drop < 0:
         raise EvalError(f"need 0 < step <= 0.5 and max_f1_drop >= 0, got {step}, {max_f1_drop}")
-    fast_runs, think_runs = _runs(fast_dir), _runs(think_dir)
+    fast_runs, think_runs = folder_records(fast_dir), folder_records(think_dir)
     pairs: dict[str, list[tuple[PredictionRecord, PredictionRecord]]] = {}
     for name, fast in fast_runs.items():
         think = think_runs.get(name, {})

@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 from grvl_sdk.data.errors import EvalDataError, as_eval_error
 from grvl_sdk.data.versions import check_version, stamp
-from grvl_sdk.errors import DataError
+from grvl_sdk.errors import DataError, EvalError
 from grvl_sdk.eval.formats import _label, _sample_id, gold_labels, read_records
 from grvl_sdk.eval.registry import Benchmark
 
-__all__ = ["PREDICTION_FORMAT", "PredictionRecord", "Status", "load_predictions"]
+__all__ = ["PREDICTION_FORMAT", "PredictionRecord", "Status", "folder_records", "load_predictions"]
 
 Status = Literal["ok", "unparseable", "failed"]
 #: The format name of a prediction record's ``version``.
@@ -56,6 +56,10 @@ class PredictionRecord:
     #: The guard's probability of ``harmful`` at this task's label (``Verdict.request_score`` or
     #: ``response_score``); ``None`` without log-probabilities. ``grvl eval calibrate`` reads it.
     score: float | None = None
+    #: Which latency tier answered a ``mode="fast"``/``"auto"`` check (``Verdict.tier.path``: ``"fast"`` or
+    #: ``"think"``), and why auto escalated (``Verdict.tier.escalation``); ``None`` in think mode.
+    tier: str | None = None
+    escalation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: its fields, with the format ``version`` first."""
@@ -76,6 +80,21 @@ class PredictionRecord:
             raise EvalDataError(f"not a prediction record: {exc}") from exc
         record.id = str(record.id)
         return record
+
+
+def folder_records(folder: str | Path) -> dict[str, dict[str, PredictionRecord]]:
+    """The records of a results folder of ``grvl eval run``, by benchmark then sample id. Raises
+    :class:`~grvl_sdk.errors.EvalError` when ``folder`` has no ``predictions/``, and
+    :class:`EvalDataError` for a malformed line."""
+    predictions = Path(folder) / "predictions"
+    if not predictions.is_dir():
+        raise EvalError(f"{folder} is not a results folder of `grvl eval run` (no predictions/ in it)")
+    runs: dict[str, dict[str, PredictionRecord]] = {}
+    for path in sorted(predictions.glob("*.jsonl")):
+        for index, data in enumerate(read_records(path)):
+            record = PredictionRecord.from_dict(data, f"{path.name} item {index}")
+            runs.setdefault(record.benchmark or path.stem, {})[record.id] = record
+    return runs
 
 
 def load_predictions(path: str | Path, benchmark: Benchmark) -> list[PredictionRecord]:

@@ -85,6 +85,8 @@ def _record(sample: Sample, index: int, bench: Benchmark, verdict: Verdict, batc
         latency_ms=verdict.usage.latency_ms,
         batch_size=batch_size,
         score=verdict.request_score if task == "request" else verdict.response_score,
+        tier=verdict.tier.path if verdict.tier is not None else None,
+        escalation=verdict.tier.escalation if verdict.tier is not None else None,
     )
     if error is not None and error.code != "unparseable_output":
         record.status = "failed"
@@ -375,6 +377,7 @@ def run_eval(
         "max_new_tokens": tokens,
         "min_pixels": settings["min_pixels"],
         "max_pixels": settings["max_pixels"],
+        "mode": settings["mode"],
         "batch_size": size,
         "limit": limit,
         "generated_this_call": generated,
@@ -424,7 +427,7 @@ def load_run(
         results.append(score_records(records, bench, parse=parse, unparseable=unparseable))
     if not results:
         raise EvalError(f"{out} holds no benchmark results")
-    meta = {"out_dir": str(out), **{k: state.get(k) for k in ("max_new_tokens", "min_pixels", "max_pixels")}}
+    meta = {"out_dir": str(out), **{k: state.get(k) for k in ("max_new_tokens", "min_pixels", "max_pixels", "mode")}}
     return EvalSummary(
         model=str(state.get("model", "")), results=results, parse=parse, unparseable=unparseable, meta=meta
     )

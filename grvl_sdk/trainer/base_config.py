@@ -62,6 +62,13 @@ def _positive_or_null(config: Any, name: str) -> None:
         raise TrainingConfigError(f"{name} must be a positive integer or null, got {value!r}", field=name)
 
 
+def _share(config: Any, name: str) -> None:
+    """Refuse a share (e.g. ``fast_fraction``) that is not a number in [0, 1] (NaN and booleans included)."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise TrainingConfigError(f"{name} must be a number in [0, 1], got {value!r}", field=name)
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How the effective batch maps onto processes: ``effective = per_device × accumulation × processes``."""

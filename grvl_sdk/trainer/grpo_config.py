@@ -22,6 +22,17 @@ R-SFT); one rollout generates ``prompts_per_rollout × num_generations`` (8192).
 about 94 optimizer updates in 23.4 rollouts: the paper's "about 23 steps", which is what ``S`` of the
 clip schedule counts.
 
+**Both tiers** (``fast_fraction``, issue 15; R-SFT's option of the same name). A seeded share of the
+training prompts (``round(fast_fraction × prompts)``, drawn with ``seed`` as R-SFT draws its samples) has
+the assistant turn pre-filled with :data:`grvl_sdk.protocol.fast.FAST_PREFIX` — the text
+``GuardOptions(mode="fast")`` forces at inference — so the sampled completion is only the labels and
+the closing tag. The prefix belongs to the prompt: it is never sampled and takes no loss, so no
+gradient ever teaches the policy to *choose* an empty reasoning block on a think prompt. Each prompt's
+group of answers is all fast or all think. The reward judges prefix + completion (the verdict block
+opens in the prefix) and drops its length term for those rows (see
+:class:`~grvl_sdk.trainer.rewards.SafetyReward`). Evaluation prompts stay in the think tier, as R-SFT's
+evaluation samples do.
+
 The vision tower is **trained** by default (``freeze_vision_tower: false``), as the authors' released RL
 configuration did (R-SFT froze it); set ``true`` to keep it fixed (less memory). LoRA never adapts it.
 Image budget: the guard's inference defaults (``min_pixels = 4·28·28``, ``max_pixels = 1280·28·28``), so RL
@@ -37,7 +48,7 @@ from typing import Any, ClassVar, Literal
 
 from grvl_sdk._constants import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from grvl_sdk.errors import TrainingConfigError
-from grvl_sdk.trainer.base_config import BaseTrainingConfig, BatchPlan, _positive_or_null
+from grvl_sdk.trainer.base_config import BaseTrainingConfig, BatchPlan, _positive_or_null, _share
 from grvl_sdk.trainer.clipping import CLIP_KINDS
 from grvl_sdk.trainer.rewards import AUTHORS_MAX_CHARACTERS, ECO_BETA, STANDARD_BETA
 
@@ -124,6 +135,10 @@ class GuardRLConfig(BaseTrainingConfig):
     prompts_per_update: int = 128
     #: TRL's ``num_iterations``: times each update's batch is used (more updates per rollout).
     num_iterations: int = 1
+    #: Share of the training prompts (chosen with ``seed``) whose answer starts from the fast tier's forced
+    #: prefix (an empty reasoning block and an open result), so the policy only writes the labels and RL
+    #: also trains ``GuardOptions(mode="fast")``; 0 is the paper's recipe (see the module docstring).
+    fast_fraction: float = 0.0
 
     # -- loss ------------------------------------------------------------------------------------
     #: KL coefficient (TRL's ``beta``); 0 loads no reference model.
@@ -187,6 +202,7 @@ class GuardRLConfig(BaseTrainingConfig):
         super().validate()
         _positive_or_null(self, "max_prompt_length")
         _positive_or_null(self, "reward_max_length")
+        _share(self, "fast_fraction")
         if not isinstance(self.max_completion_length, int) or self.max_completion_length < 1:
             raise TrainingConfigError("max_completion_length must be a positive integer", field="max_completion_length")
         if not 0.0 < self.reward_beta <= 1.0:

@@ -14,6 +14,11 @@ What differs from a plain ``GRPOTrainer``:
   the loss used, not the value a callback meant to set (the authors' never reached the loss, spec 6.3);
 - prompts use the guard's inference layout (:meth:`RLSample.prompt`); over-long prompts are dropped and
   counted, never cut;
+- with ``fast_fraction``, a seeded share of the prompts is pre-filled with the fast tier's forced prefix
+  (:data:`~grvl_sdk.protocol.fast.FAST_PREFIX`, as an ``assistant`` message the answer continues): its tokens
+  are appended to the prompt's token ids exactly as ``mode="fast"`` appends them at inference (tokenised
+  on their own after the generation prompt), so the policy samples only the labels; the reward judges
+  prefix + completion (:class:`~grvl_sdk.trainer.rewards.SafetyReward`);
 - full fine-tuning checkpoints are reloaded with ``from_pretrained`` on resume (see
   :mod:`grvl_sdk.trainer.rsft_trainer`: transformers' plain resume cannot map Qwen2.5-VL's key names);
 - the run folder gets ``grpo_config.yaml``, ``data_summary.json``, ``metrics.jsonl``, ``loss.png`` and
@@ -27,7 +32,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +40,13 @@ from typing import Any
 from grvl_sdk._lazy import require
 from grvl_sdk.data.versions import stamp
 from grvl_sdk.errors import DataError, ModelLoadError, TrainingConfigError, TrainingError
+from grvl_sdk.protocol.fast import FAST_PREFIX
 from grvl_sdk.trainer.checkpoints import PreloadedWeights, save_trained_model
 from grvl_sdk.trainer.clipping import dynamic_clipping
 from grvl_sdk.trainer.console import report
 from grvl_sdk.trainer.grpo_config import GuardRLConfig, RolloutPlan
 from grvl_sdk.trainer.modeling import load_model, lora_config, resolve_bf16
-from grvl_sdk.trainer.rewards import SafetyReward
+from grvl_sdk.trainer.rewards import SafetyReward, prefill
 from grvl_sdk.trainer.rl_data import RLSample, load_rl_data, rl_dataset
 from grvl_sdk.trainer.runs import METRICS_FILE, PLOT_FILE, last_checkpoint, resolve_resume, versions, write_run_config
 
@@ -101,13 +107,22 @@ def _set_image_bounds(processor: Any, min_pixels: int, max_pixels: int) -> None:
             setattr(image_processor, name, value)
 
 
-def _prompt_length(sample: RLSample, processor: Any, min_pixels: int, max_pixels: int) -> int:
-    """Prompt tokens of ``sample``, each image counted as its vision tokens."""
+def _prefix_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a pre-filled answer start, tokenised on their own as the fast tier's forced text is at
+    inference and as R-SFT tokenises its answers (user-free text, but no special tokens parsed either)."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def _prompt_length(sample: RLSample, processor: Any, min_pixels: int, max_pixels: int, *, fast: bool = False) -> int:
+    """Prompt tokens of ``sample``, each image counted as its vision tokens (and the forced prefix with
+    ``fast``)."""
     from grvl_sdk.trainer.render import image_token_count
 
     tokenizer = getattr(processor, "tokenizer", processor)
     text = tokenizer.apply_chat_template(sample.prompt(), tokenize=False, add_generation_prompt=True)
     count = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - len(sample.images)
+    if fast:
+        count += len(_prefix_ids(tokenizer, FAST_PREFIX))
     image_processor = getattr(processor, "image_processor", None)
     patch = int(getattr(image_processor, "patch_size", 14) or 14)
     merge = int(getattr(image_processor, "merge_size", 2) or 2)
@@ -116,18 +131,22 @@ def _prompt_length(sample: RLSample, processor: Any, min_pixels: int, max_pixels
 
 
 def _drop_overlong(
-    samples: list[RLSample], processor: Any, config: GuardRLConfig
-) -> tuple[list[RLSample], list[tuple[str, int]]]:
-    if config.max_prompt_length is None:
-        return samples, []
-    kept, dropped = [], []
-    for sample in samples:
-        length = _prompt_length(sample, processor, config.min_pixels, config.max_pixels)
-        if length > config.max_prompt_length:
-            dropped.append((sample.source or sample.id, length))
-        else:
-            kept.append(sample)
-    return kept, dropped
+    samples: list[RLSample], processor: Any, config: GuardRLConfig, fast: Collection[int] = ()
+) -> tuple[list[RLSample], list[tuple[str, int]], frozenset[int]]:
+    """(kept samples, dropped ``(source, length)``, positions of the fast rows among the kept ones)."""
+    kept: list[RLSample] = []
+    dropped: list[tuple[str, int]] = []
+    kept_fast: set[int] = set()
+    for position, sample in enumerate(samples):
+        if config.max_prompt_length is not None:
+            length = _prompt_length(sample, processor, config.min_pixels, config.max_pixels, fast=position in fast)
+            if length > config.max_prompt_length:
+                dropped.append((sample.source or sample.id, length))
+                continue
+        if position in fast:
+            kept_fast.add(len(kept))
+        kept.append(sample)
+    return kept, dropped, frozenset(kept_fast)
 
 
 def _use_vllm(config: GuardRLConfig, torch: Any) -> bool:
@@ -215,9 +234,16 @@ def _trainer_class(trl: Any) -> type:
             self.model.register_forward_pre_hook(_drop_empty_images, with_kwargs=True)
 
         def _tokenize_prompts(self, prompts: list[Any]) -> Any:
+            # A pre-filled prompt (the fast share) ends with an assistant message: TRL would render it as a
+            # closed turn plus a new generation prompt. Render the prompt without it, then append its tokens.
+            prefixes = [prefill(prompt) for prompt in prompts]
+            if any(prefixes):
+                prompts = [prompt[:-1] if prefix else prompt for prompt, prefix in zip(prompts, prefixes, strict=True)]
+            prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+            if any(prefixes):
+                prompt_ids, fields = _append_prefixes(self._tokenizer, prompt_ids, fields, prefixes)
             # TRL marks a text-only prompt of a batch with images as ``None``, which the Qwen processor refuses
             # later in the same step: an empty list is what it takes (text-only samples stay text-only).
-            prompt_ids, images, fields = super()._tokenize_prompts(prompts)
             if images is not None:
                 images = [found or [] for found in images]
             return prompt_ids, images, fields
@@ -231,6 +257,25 @@ def _trainer_class(trl: Any) -> type:
             return super()._compute_loss(model, inputs)
 
     return GuardGRPOTrainer
+
+
+def _append_prefixes(
+    tokenizer: Any, prompt_ids: Sequence[Sequence[int]], fields: dict[str, Any], prefixes: Sequence[str]
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """Append each pre-filled prefix's tokens to its prompt's ids, and zeros to the per-token fields
+    (``token_type_ids``, a Qwen processor's ``mm_token_type_ids``: the prefix holds no image token); image
+    tensors (``pixel_values``, ``image_grid_thw``) are unchanged."""
+    extra = [_prefix_ids(tokenizer, prefix) if prefix else [] for prefix in prefixes]
+    lengths = [len(ids) for ids in prompt_ids]
+    out_ids = [[*ids, *more] for ids, more in zip(prompt_ids, extra, strict=True)]
+    out_fields = dict(fields)
+    for name, value in fields.items():
+        if not name.endswith("token_type_ids"):
+            continue
+        rows = value.tolist() if hasattr(value, "tolist") else value
+        if isinstance(rows, list) and [len(row) if isinstance(row, list) else -1 for row in rows] == lengths:
+            out_fields[name] = [[*row, *([0] * len(more))] for row, more in zip(rows, extra, strict=True)]
+    return out_ids, out_fields
 
 
 def _summary(samples: Sequence[RLSample]) -> dict[str, Any]:
@@ -262,6 +307,7 @@ def train_rl(
     trl = require("trl", extra="train")
     accelerate = require("accelerate", extra="train")
     from grvl_sdk.backends._processor import load_processor
+    from grvl_sdk.trainer.render import fast_rows
     from grvl_sdk.trainer.rl_curves import CURVES_FILE, curves_recorder, write_rl_curves
     from grvl_sdk.trainer.runs import run_recorder, write_loss_plot
 
@@ -278,14 +324,17 @@ def train_rl(
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the processor of {config.model_name_or_path!r}: {exc}") from exc
     _set_image_bounds(processor, config.min_pixels, config.max_pixels)
-    train, dropped = _drop_overlong(train, processor, config)
-    evals, eval_dropped = _drop_overlong(evals, processor, config)
+    fast = fast_rows(len(train), config.fast_fraction, config.seed)
+    train, dropped, fast = _drop_overlong(train, processor, config, fast)
+    evals, eval_dropped, _ = _drop_overlong(evals, processor, config)
     if not train:
         raise TrainingError(f"every RL training prompt is longer than max_prompt_length={config.max_prompt_length}")
     resume = resolve_resume(config.output_dir, config.resume_from_checkpoint)
     bf16 = resolve_bf16(config, torch)
     use_vllm = _use_vllm(config, torch)
     report(f"GRPO on {len(train)} prompts ({len(dropped)} dropped as longer than max_prompt_length): {plan}", main)
+    if fast:
+        report(f"fast tier: {len(fast)} of {len(train)} prompts pre-filled with the forced empty reasoning", main)
     report(
         f"reward β={config.reward_beta:.4g} ({config.reward_length_unit}, normaliser {config.reward_normaliser}, "
         f"floor {config.reward_min_length:g}); "
@@ -315,12 +364,17 @@ def train_rl(
             "bf16": bf16,
             "use_vllm": use_vllm,
             "train_prompts": len(train),
+            "fast_prompts": len(fast),
             "eval_prompts": len(evals),
             "dropped_overlong": len(dropped) + len(eval_dropped),
             "versions": versions(),
         }
         write_run_config(out, config.to_dict(), resolved, name=CONFIG_FILE)
-        summary = {"train": _summary(train), "eval": _summary(evals), "dropped_overlong": dropped + eval_dropped}
+        summary = {
+            "train": {**_summary(train), "fast_prompts": len(fast)},
+            "eval": _summary(evals),
+            "dropped_overlong": dropped + eval_dropped,
+        }
         (out / "data_summary.json").write_text(json.dumps(stamp("training-run", summary), indent=2), encoding="utf-8")
     if config.resume_from_checkpoint is None and last_checkpoint(out) is not None:  # False: afresh, no note
         report(
@@ -334,6 +388,7 @@ def train_rl(
         beta=config.reward_beta,
         unit=config.reward_length_unit,
         min_length=config.reward_min_length,
+        tier_metrics=bool(fast),
     )
     clipping = dynamic_clipping(
         epsilon=config.epsilon,
@@ -347,7 +402,7 @@ def train_rl(
         model=model,
         reward_funcs=[reward],
         args=args,
-        train_dataset=rl_dataset(train),
+        train_dataset=rl_dataset(train, fast=fast),
         eval_dataset=rl_dataset(evals) if evals else None,
         processing_class=processor,
         peft_config=lora_config(config) if config.method in ("lora", "qlora") else None,

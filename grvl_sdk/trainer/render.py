@@ -31,6 +31,7 @@ __all__ = [
     "EncodedExample",
     "RSFTCollator",
     "encode_samples",
+    "fast_rows",
     "image_token_count",
     "prompt_encoder",
     "training_prompt",
@@ -140,9 +141,7 @@ def encode_samples(
     if progress:
         tqdm = require("tqdm", extra="train")
         iterator = tqdm.tqdm(samples, desc="tokenising", unit="sample")
-    if not 0.0 <= fast_fraction <= 1.0:  # NaN fails too
-        raise ValueError(f"fast_fraction must be in [0, 1], got {fast_fraction!r}")
-    fast = set(random.Random(seed).sample(range(len(samples)), round(fast_fraction * len(samples))))
+    fast = fast_rows(len(samples), fast_fraction, seed)
     for position, sample in enumerate(iterator):
         file, line = _split_source(sample.source)
         try:
@@ -174,6 +173,15 @@ def encode_samples(
             )
         )
     return examples, dropped
+
+
+def fast_rows(count: int, fraction: float, seed: int) -> frozenset[int]:
+    """The positions (of ``count`` samples) trained in the fast tier: ``round(fraction * count)`` of them,
+    drawn with ``seed`` — the one draw of R-SFT's and the RL stage's ``fast_fraction``. Raises
+    ``ValueError`` for a ``fraction`` outside [0, 1] (NaN included)."""
+    if not 0.0 <= fraction <= 1.0:  # NaN fails too
+        raise ValueError(f"fast_fraction must be in [0, 1], got {fraction!r}")
+    return frozenset(random.Random(seed).sample(range(count), round(fraction * count)))
 
 
 def fast_target(target: str) -> str:

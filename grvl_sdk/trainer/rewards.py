@@ -21,6 +21,21 @@
 - Length is counted in completion **tokens** by default; ``unit="characters"`` counts characters of the
   output, the authors' unit (their ``max_length`` was 3072 characters, :data:`AUTHORS_MAX_CHARACTERS`).
 
+**Pre-filled answers (the RL stage's ``fast_fraction``).** A prompt whose last message is an
+``assistant`` message is continued, not answered: the RL stage pre-fills the fast tier's forced prefix
+(``<think>\n\n</think>\n<result>\nRequest:``, :data:`grvl_sdk.protocol.fast.FAST_PREFIX`) and the policy
+writes only the labels and ``</result>``. Such a row is judged on **prefix + completion** (the verdict
+block opens in the prefix: the completion alone has no ``<result>`` and would always fail ``I_format``), and
+its length term is constant: ``l`` counts as the cut-off, ``r = (−1 + r_safety) / β²`` (−1, −0.5 or 0 for
+the standard guard). The length-aware term rewards a wrong answer for *having reasoned longer*; a
+pre-filled row cannot reason (its empty reasoning block is forced, not chosen), so the term has nothing to
+measure there, and taken literally it would punish a wrong ~10-token label answer with ``−(3072/10)²`` while
+a 3072-token unformatted ramble scores −1 — teaching the fast tier to ramble, and letting the fast rows'
+penalties swamp the think rows' under ``scale_rewards="batch"``/``"none"``. With the constant term a fast
+row scores by its labels only, on the scale of a fully reasoned think answer. Think rows are unchanged,
+and since a prompt's whole group is pre-filled or not, the group-normalised advantage never compares a
+fast answer with a think one.
+
 Values: ``r ∈ [−(max_length/min_length)², 0]`` for β = 1 (``−1`` for a wrong answer of full length, ``−0.5``
 for one wrong label at full length, ``−max_length²`` for an empty output with the default floor), and
 ``[−1/β², 0]`` once ``l ≥ β``.
@@ -51,6 +66,7 @@ __all__ = [
     "SafetyReward",
     "judge",
     "length_fraction",
+    "prefill",
     "read_verdict",
     "safety_reward",
 ]
@@ -168,6 +184,16 @@ def safety_reward(
     return (-1.0 + verdict.r_safety) / denominator
 
 
+def prefill(prompt: Any) -> str:
+    """The pre-filled start of the answer a TRL prompt carries: the text of its last message when that is an
+    ``assistant`` message (the fast tier's forced prefix, see the module docstring), else ``""``."""
+    if isinstance(prompt, Sequence) and not isinstance(prompt, str) and prompt:
+        last = prompt[-1]
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            return _text([last])
+    return ""
+
+
 def _text(completion: Any) -> str:
     """The text of a TRL completion: a string, or a conversation whose last message is the answer."""
     if isinstance(completion, str):
@@ -186,13 +212,23 @@ class SafetyReward:
 
     Gold labels arrive as the dataset columns ``request_label`` and ``response_label`` (keyword arguments of
     TRL's call, one per completion). ``max_length`` is in ``unit``s: the trainer passes
-    ``max_completion_length`` for tokens; ``min_length`` is the floor (same unit). When TRL hands it a
-    ``log_metric`` callback, it also logs ``accuracy`` (both labels right), ``format_rate`` (``I_format``)
-    and the per-label accuracies.
+    ``max_completion_length`` for tokens; ``min_length`` is the floor (same unit). A prompt ending with an
+    ``assistant`` message (:func:`prefill`) is judged on that text + the completion with a constant length
+    term, ``(−1 + r_safety) / β²`` (module docstring). When TRL hands it a ``log_metric`` callback, it also
+    logs ``accuracy`` (both labels right), ``format_rate`` (``I_format``), the per-label accuracies, and,
+    with ``tier_metrics`` (the trainer sets it when ``fast_fraction > 0``), ``fast_accuracy`` and
+    ``think_accuracy``: the accuracy over each tier's rows of the batch (a batch without rows of a tier logs
+    nothing for it).
     """
 
     def __init__(
-        self, *, max_length: float, beta: float = STANDARD_BETA, unit: LengthUnit = "tokens", min_length: float = 1.0
+        self,
+        *,
+        max_length: float,
+        beta: float = STANDARD_BETA,
+        unit: LengthUnit = "tokens",
+        min_length: float = 1.0,
+        tier_metrics: bool = False,
     ) -> None:
         if unit not in ("tokens", "characters"):
             raise ValueError(f"unit must be 'tokens' or 'characters', got {unit!r}")
@@ -203,6 +239,7 @@ class SafetyReward:
         self.min_length = min_length
         self.beta = beta
         self.unit = unit
+        self.tier_metrics = tier_metrics
         self.__name__ = "safety_reward"
 
     def __call__(
@@ -217,6 +254,7 @@ class SafetyReward:
         **kwargs: Any,
     ) -> list[float]:
         texts = [_text(completion) for completion in completions]
+        prefixes = [prefill(prompt) for prompt in prompts]
         if self.unit == "tokens":
             if completion_ids is None:
                 raise ValueError("unit='tokens' needs completion_ids")
@@ -225,10 +263,14 @@ class SafetyReward:
             lengths = [float(len(text)) for text in texts]
         rewards: list[float] = []
         judged: list[Judgement] = []
-        for text, length, request, response in zip(texts, lengths, request_label, response_label, strict=True):
-            verdict = judge(text, request_label=request, response_label=response)
+        rows = zip(prefixes, texts, lengths, request_label, response_label, strict=True)
+        for prefix, text, length, request, response in rows:
+            verdict = judge(prefix + text, request_label=request, response_label=response)
             judged.append(verdict)
-            denominator = min(length_fraction(length, self.max_length, self.min_length), self.beta) ** 2
+            if prefix:  # a pre-filled (fast) row: no length term (module docstring)
+                denominator = self.beta**2
+            else:
+                denominator = min(length_fraction(length, self.max_length, self.min_length), self.beta) ** 2
             rewards.append((-1.0 + verdict.r_safety) / denominator)
         if log_metric is not None and judged:
             count = len(judged)
@@ -236,4 +278,9 @@ class SafetyReward:
             log_metric("format_rate", sum(j.format_ok for j in judged) / count)
             log_metric("request_accuracy", sum(j.format_ok and j.request_correct for j in judged) / count)
             log_metric("response_accuracy", sum(j.format_ok and j.response_correct for j in judged) / count)
+            fast = [j for j, prefix in zip(judged, prefixes, strict=True) if prefix]
+            think = [j for j, prefix in zip(judged, prefixes, strict=True) if not prefix]
+            for name, part in (("fast_accuracy", fast), ("think_accuracy", think)):
+                if self.tier_metrics and part:
+                    log_metric(name, sum(j.correct for j in part) / len(part))
         return rewards

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from grvl_sdk.data.samples import Modality, TrainingSample
 from grvl_sdk.data.versions import check_version, stamp
 from grvl_sdk.errors import DataError, GRVLError
 from grvl_sdk.images import load_image
+from grvl_sdk.protocol.fast import FAST_PREFIX
 from grvl_sdk.protocol.parsing import Label
 from grvl_sdk.protocol.prompt import IMAGE_PLACEHOLDER, SYSTEM_PROMPT, build_transcript, neutralize_tags
 from grvl_sdk.trainer import _formats  # noqa: F401  (registers the rl-* formats)
@@ -120,11 +121,13 @@ class RLSample:
         """The reference answer's verdict block, from this sample's own (for a concatenation: OR-merged) labels."""
         return reference_answer(self.request_label, self.response_label)
 
-    def prompt(self) -> list[dict[str, Any]]:
+    def prompt(self, prefill: str | None = None) -> list[dict[str, Any]]:
         """The GRPO prompt: system message and user transcript as content parts (images at ``<image>``).
 
         Every part has ``type`` and ``text`` (``None`` for image parts), so a ``datasets`` column of prompts
         has one schema; the system message renders exactly as the guard's string system message.
+        ``prefill``: the start of the assistant turn (the fast tier's forced prefix), added as a last
+        ``assistant`` message the answer continues.
         """
         count = len(self.images)
         user: list[dict[str, Any]]
@@ -137,10 +140,13 @@ class RLSample:
             ]
         else:
             user = [{"type": "text", "text": _HEAD + _safe(self.transcript[len(_HEAD) :])}]
-        return [
+        messages = [
             {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
             {"role": "user", "content": user},
         ]
+        if prefill:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": prefill}]})
+        return messages
 
     @classmethod
     def from_training_sample(cls, sample: TrainingSample) -> RLSample:
@@ -278,12 +284,14 @@ def _with_source(sample: RLSample, source: str) -> RLSample:
     return sample
 
 
-def rl_dataset(samples: Sequence[RLSample] | str | os.PathLike[str]) -> Any:
+def rl_dataset(samples: Sequence[RLSample] | str | os.PathLike[str], *, fast: Collection[int] = ()) -> Any:
     """A ``datasets.Dataset`` of RL samples (or of the RL data file ``samples`` names) for GRPO.
 
     Columns: ``prompt`` (:meth:`RLSample.prompt`), ``images`` (a list per row; empty for text-only rows;
     decoded to PIL images on access), ``request_label``, ``response_label``, ``reference``, ``origin``,
-    ``source_ids``, ``modality``, ``id``. Needs ``pip install 'grvl-sdk[train]'``.
+    ``source_ids``, ``modality``, ``id``. The rows at the positions ``fast`` get the fast tier's forced
+    prefix (:data:`grvl_sdk.protocol.fast.FAST_PREFIX`) as the start of the assistant turn (the RL
+    stage's ``fast_fraction``). Needs ``pip install 'grvl-sdk[train]'``.
     """
     from grvl_sdk._lazy import require
 
@@ -293,7 +301,7 @@ def rl_dataset(samples: Sequence[RLSample] | str | os.PathLike[str]) -> Any:
     rows = list(samples)
     paths_only = all(isinstance(image, str) for sample in rows for image in sample.images)
     data = {
-        "prompt": [s.prompt() for s in rows],
+        "prompt": [s.prompt(FAST_PREFIX if i in fast else None) for i, s in enumerate(rows)],
         "images": [[image if paths_only else load_image(image) for image in s.images] for s in rows],
         "request_label": [s.request_label for s in rows],
         "response_label": [s.response_label for s in rows],

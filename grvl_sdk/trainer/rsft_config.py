@@ -15,8 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from grvl_sdk.errors import TrainingConfigError
-from grvl_sdk.trainer.base_config import DEFAULT_LORA_TARGETS, BaseTrainingConfig, BatchPlan, Method, _positive_or_null
+from grvl_sdk.trainer.base_config import (
+    DEFAULT_LORA_TARGETS,
+    BaseTrainingConfig,
+    BatchPlan,
+    Method,
+    _positive_or_null,
+    _share,
+)
 
 __all__ = ["DEFAULT_LORA_TARGETS", "PRESETS", "BatchPlan", "Method", "RSFTConfig"]
 
@@ -48,6 +54,4 @@ class RSFTConfig(BaseTrainingConfig):
         """Raise :class:`~grvl_sdk.errors.TrainingConfigError` for an impossible setting."""
         super().validate()
         _positive_or_null(self, "max_length")
-        fraction = self.fast_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-            raise TrainingConfigError(f"fast_fraction must be a number in [0, 1], got {fraction!r}")
+        _share(self, "fast_fraction")
