@@ -260,3 +260,36 @@ def test_cli_compile_flag_reaches_from_pretrained(tiny_guard_path, monkeypatch):
     assert main(["check", "hi", "--model", str(tiny_guard_path), "--compile"]) == 3
     assert seen["compile"] is True and seen["quantization"] is None
     assert _quantization("auto", compile=True) is None and _quantization("8bit", compile=True) == "8bit"
+
+
+def test_close_releases_a_compiled_model(trained_tiny_guard_path):
+    """The compiled path holds the model: ``close()`` must drop it too, or the weights (GPU memory) stay."""
+    import gc
+    import weakref
+
+    guard = Guard.from_pretrained(
+        str(trained_tiny_guard_path), device="cpu", cache_size=0,
+        compile=CompileSettings(backend="eager", warmup_batch_sizes=()),
+    )  # fmt: skip
+    assert guard.backend.compiled is not None
+    model = weakref.ref(guard.backend.model)
+    guard.close()
+    gc.collect()
+    assert model() is None
+
+
+def test_label_scores_with_a_repetition_penalty_match_eager(compiled_guard, eager_guard):
+    """The compiled path's score recorder runs after transformers' processors: with a repetition penalty
+    it would record penalised log-probabilities, so such generations run eagerly (raw log-probabilities)."""
+    from grvl_sdk.types import Decoding
+
+    items = [GuardInput(text="how do I make a bomb"), GuardInput(text="hello")]
+    penalised = Decoding(repetition_penalty=1.3)
+    got = compiled_guard.backend.generate(items, max_new_tokens=40, decoding=penalised)
+    want = eager_guard.backend.generate(items, max_new_tokens=40, decoding=penalised)
+    for a, b in zip(got, want, strict=True):
+        assert a.text == b.text
+        for step in range(len(b.logprobs.tokens)):
+            mine, theirs = a.logprobs.alternatives(step), b.logprobs.alternatives(step)
+            assert mine.keys() == theirs.keys()
+            assert all(mine[k] == pytest.approx(v, abs=1e-5) for k, v in theirs.items())

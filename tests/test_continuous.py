@@ -227,3 +227,120 @@ def test_a_streams_successive_checks_reuse_the_prompt_prefix(trained_tiny_guard:
         for prefilled, reused, prompt in cost[1:]:
             assert prefilled + reused == prompt
             assert prefilled < reused  # the request and the response so far come from the cache
+
+
+class _Abandonable:
+    """A job whose caller can give up while its row runs (as ``abandon`` marks a micro-batcher's input)."""
+
+    def __init__(self, item: GuardInput, max_new_tokens: int) -> None:
+        self.item, self.max_new_tokens, self.deadline, self.abandoned = item, max_new_tokens, None, False
+
+
+def test_an_abandoned_row_leaves_at_the_next_step_and_frees_its_slot(tiny_guard: Guard) -> None:
+    backend = _backend(tiny_guard)
+    long = _Abandonable(GuardInput(text="how do I make a bomb"), 400)  # the tiny guard writes to its budget
+    gone = _Abandonable(GuardInput(text="a request"), 5)
+    gone.abandoned = True  # given up while queued: never prefilled
+    short = ContinuousJob(GuardInput(text="a request"), 3, None)
+    later = ContinuousJob(GuardInput(text="another request"), 4, None)
+    handed: list[Any] = [later]
+
+    def take(n: int) -> list[Any]:
+        if not short_done:
+            return []
+        long.abandoned = True  # the caller of the long row stops waiting once the short one is done
+        return [handed.pop()] if handed else []
+
+    short_done: list[bool] = []
+    outcomes: dict[int, Any] = {}
+
+    def settle(job: Any, outcome: Any) -> None:
+        outcomes[id(job)] = outcome
+        if job is short:
+            short_done.append(True)
+
+    decoder = ContinuousDecoder(backend, slots=2)
+    first: list[Any] = [long, gone, short]
+    decoder.run(first, settle, take)
+    assert isinstance(outcomes[id(gone)], DeadlineExceededError)
+    assert isinstance(outcomes[id(long)], DeadlineExceededError) and "stopped waiting" in str(outcomes[id(long)])
+    assert isinstance(outcomes[id(short)], Generation) and isinstance(outcomes[id(later)], Generation)
+    assert decoder.generated < 40  # the long row stopped near step 3, not at 400
+
+
+def test_a_cancelled_async_caller_gives_up_its_row(tiny_guard: Guard) -> None:
+    import asyncio
+    from concurrent.futures import Future
+
+    from grvl_sdk.backends.batching import MicroBatched
+
+    batched = MicroBatched(_backend(tiny_guard), max_batch_size=1, max_wait_ms=0)
+    submitted: list[Future[Generation]] = []
+    submit = batched.batcher.submit
+
+    def spy(*args: Any, **kwargs: Any) -> Future[Generation]:
+        submitted.append(submit(*args, **kwargs))
+        return submitted[-1]
+
+    batched.batcher.submit = spy  # type: ignore[method-assign]
+
+    async def main() -> None:
+        task = asyncio.create_task(batched.agenerate([GuardInput(text="how do I make a bomb")], max_new_tokens=5000))
+        while not submitted or not submitted[0].running():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    # Without abandoning, the row would run on to its 5,000-token budget and resolve with a Generation.
+    error = submitted[0].exception(timeout=60)
+    assert isinstance(error, DeadlineExceededError) and "stopped waiting" in str(error)
+    assert batched.generate([GuardInput(text="hi")], max_new_tokens=2)[0].completion_tokens == 2
+    batched.close()
+
+
+def test_close_releases_the_prefix_caches_key_values(trained_tiny_guard: Guard) -> None:
+    backend = _backend(trained_tiny_guard, prefix_cache_size=4)
+    assert backend.prefix_cache is not None
+    backend.generate([GuardInput(text="please explain the water cycle " * 4)], max_new_tokens=4)
+    assert len(backend.prefix_cache) == 1
+    backend.close()
+    assert len(backend.prefix_cache) == 0
+    with pytest.raises(GuardClosedError):
+        backend.generate([GuardInput(text="x")], max_new_tokens=4)
+
+
+def test_lock_and_close_signals_map_to_typed_errors() -> None:
+    from grvl_sdk.backends._continuous import _backend_error, _Busy, _Closed
+
+    assert isinstance(_backend_error(_Closed(), 1), GuardClosedError)
+    assert isinstance(_backend_error(_Busy(), 1), DeadlineExceededError)
+
+
+def test_closing_the_guard_stops_a_running_loop_at_once(tiny_guard_path: Any) -> None:
+    guard = Guard.from_pretrained(
+        str(tiny_guard_path), device="cpu", max_new_tokens=5000, cache_size=0, continuous_batching=True,
+        max_batch_size=2,
+    )  # fmt: skip
+    assert guard.batcher is not None
+    results: list[Any] = []
+
+    def one() -> None:
+        try:
+            results.append(guard.check("how do I make a bomb"))  # the tiny guard writes to its budget
+        except GuardClosedError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=one)
+    thread.start()
+    waited = time.monotonic() + 60
+    while guard.batcher._in_flight == 0 and time.monotonic() < waited:
+        time.sleep(0.01)
+    started = time.monotonic()
+    guard.close()
+    # Not the micro-batcher's join timeout (1 s, twice: the guard's finalizer and the stack's close)
+    # while the loop keeps generating for nobody: the model is released and the row fails at its next step.
+    assert time.monotonic() - started < 0.9
+    thread.join(60)
+    assert not thread.is_alive() and isinstance(results[0], GuardClosedError)

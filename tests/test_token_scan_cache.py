@@ -120,3 +120,80 @@ def test_the_default_cache_follows_grvl_cache_dir(tokenizer, tmp_path, monkeypat
     monkeypatch.setenv("GRVL_CACHE_DIR", str(tmp_path))
     scanned_tokens(tokenizer)
     assert _entry(tmp_path / "token-scans").is_file()
+
+
+def _sampled(tokenizer, key: str) -> set[int]:
+    """The ids the spot check samples for ``key``."""
+    size = len(tokenizer)
+    return set(_token_scan.random.Random(key).sample(range(size), min(size, _token_scan._SPOT_SAMPLE)))
+
+
+def test_a_trigger_swapped_for_a_plain_id_is_not_trusted(tokenizer, tmp_path):
+    # The stored triggers once passed a count check over stored + sampled ids: leaving out a sampled
+    # trigger and adding a plain id kept the count, so the file was trusted.
+    good = scanned_tokens(tokenizer, cache_dir=tmp_path)
+    entry = _entry(tmp_path)
+    data = json.loads(entry.read_text())
+    dropped = min(good.triggers & _sampled(tokenizer, data["key"]))
+    data["triggers"] = sorted((good.triggers - {dropped}) | {_plain_id(tokenizer, good)})
+    entry.write_text(json.dumps(data))
+    assert scanned_tokens(tokenizer, cache_dir=tmp_path) == good
+
+
+def test_a_decoder_changed_in_memory_gets_its_own_entry(tokenizer, tmp_path):
+    from tokenizers import decoders
+
+    scanned_tokens(tokenizer, cache_dir=tmp_path)
+    tokenizer.backend_tokenizer.decoder = decoders.Replace("e", ":")  # same tokenizer.json on disk
+    changed = scanned_tokens(tokenizer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert changed == scan_tokens(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("e") in changed.label_triggers
+
+
+def test_absurdly_nested_json_is_ignored(tokenizer, tmp_path):
+    good = scanned_tokens(tokenizer, cache_dir=tmp_path)
+    _entry(tmp_path).write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    assert scanned_tokens(tokenizer, cache_dir=tmp_path) == good
+
+
+def test_no_home_folder_still_gives_the_scan(tokenizer, monkeypatch):
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")  # what Path.home() raises then
+
+    monkeypatch.delenv("GRVL_CACHE_DIR", raising=False)
+    monkeypatch.setattr(_token_scan.Path, "home", staticmethod(no_home))
+    assert scanned_tokens(tokenizer) == scan_tokens(tokenizer)
+
+
+def test_processes_writing_the_same_entry_at_once_leave_a_sound_file(tokenizer, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(4)  # all four miss the cache, scan and write the same entry together
+
+    def load() -> None:
+        start.wait(10)
+        for _ in range(5):
+            assert scanned_tokens(tokenizer, cache_dir=tmp_path) == expected
+
+    expected = scan_tokens(tokenizer)
+    workers = [context.Process(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == [_entry(tmp_path).name]  # no staging file left
+    assert json.loads(_entry(tmp_path).read_text())["label_triggers"] == sorted(expected.label_triggers)
+
+
+def test_the_clean_up_flag_gets_its_own_entry(tokenizer, tmp_path):
+    # clean_up_tokenization_spaces changes the decoded texts ("a :" -> "a:"): the decode path, too.
+    first = scanned_tokens(tokenizer, cache_dir=tmp_path)
+    tokenizer.clean_up_tokenization_spaces = not tokenizer.clean_up_tokenization_spaces
+    flipped = scanned_tokens(tokenizer, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert flipped == scan_tokens(tokenizer)
+    tokenizer.clean_up_tokenization_spaces = not tokenizer.clean_up_tokenization_spaces
+    assert scanned_tokens(tokenizer, cache_dir=tmp_path) == first

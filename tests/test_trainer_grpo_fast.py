@@ -84,6 +84,38 @@ def test_prefilled_rows_are_judged_on_prefix_and_completion_without_the_length_t
     assert "fast_accuracy" not in quiet and "think_accuracy" not in quiet
 
 
+@pytest.mark.parametrize(
+    "completion",
+    [
+        " <think>\nThe request mentions a bomb.\n</think>\n<result>\nRequest: harmful\nResponse: None\n</result>",
+        "<think>\nreasoning\n</think>\n<result>\nRequest: harmful\nResponse: None\n</result>",
+        " unharmful\nResponse: None\n</result>\n<result>\nRequest: harmful\nResponse: None\n</result>",
+        " \nResponse: None\nRequest: harmful\n</result>",
+        " harmful\nResponse: None\n</result> and then some more text",
+        "harmful\nResponse: None\n</result>",  # no space: not the token fast mode reads
+    ],
+    ids=["reopens-think", "reopens-think-no-space", "second-result", "labels-reordered", "trailing-text", "no-space"],
+)
+def test_a_prefilled_row_is_formatted_only_in_the_fast_form(completion):
+    # The lenient parser reads every one of these (prefix + completion) as a correct verdict: rewarded 0
+    # (the best), RL would teach the fast tier to write reasoning where mode="fast" reads its label.
+    assert judge(FAST_PREFIX + completion, request_label="harmful", response_label=None).format_ok
+    logged: dict[str, float] = {}
+    rewards = _reward(tier_metrics=True)(
+        [_FAST, _FAST, _THINK],
+        [completion, " harmful\nResponse: None\n</result>\n", completion],
+        [[1] * 20, [1] * 7, [1] * 40],
+        request_label=["harmful"] * 3,
+        response_label=[None] * 3,
+        log_metric=logged.__setitem__,
+    )
+    assert rewards[0] == -1.0 and rewards[1] == 0.0  # the fast form (trailing newline allowed) is still right
+    assert logged["fast_accuracy"] == 0.5
+    # A think row keeps the parser's reading (its own rules are the inference parser's).
+    think = judge(completion, request_label="harmful", response_label=None)
+    assert rewards[2] == (0.0 if think.correct else -1.0 + think.r_safety)
+
+
 # -- a real GRPO run ------------------------------------------------------------------------------------
 
 pytest.importorskip("trl")

@@ -16,8 +16,9 @@ Qwen2.5-VL image checks. This loop drives the model's ``forward`` itself:
 - **Retirement.** A row leaves after the step that closed its verdict block (the ``</result>`` rule of
   :class:`~grvl_sdk.backends._decoding._StopOnVerdict`), wrote an end-of-sequence or pad token,
   reached its own ``max_new_tokens``, or when its own deadline passed
-  (:class:`~grvl_sdk.errors.DeadlineExceededError` for that row only); cache columns that no remaining
-  row uses are cut off.
+  (:class:`~grvl_sdk.errors.DeadlineExceededError` for that row only), or when its caller stopped
+  waiting (``job.abandoned``: a cancelled asyncio caller), so its slot goes to the next input; cache
+  columns that no remaining row uses are cut off.
 - **Label scores.** Per row, as :class:`~grvl_sdk.backends._decoding._LabelLogprobs`: the top-k
   log-probabilities at the steps after a label-trigger token of *that row* (every step with
   ``score_every_step``).
@@ -58,7 +59,8 @@ _SUFFIX_CHUNK = 512
 
 
 class Job(Protocol):
-    """One queued check: the prepared input, its generation budget and deadline (``time.monotonic()``)."""
+    """One queued check: the prepared input, its generation budget and deadline (``time.monotonic()``);
+    ``abandoned`` turns true when its caller stops waiting (its row is then dropped)."""
 
     @property
     def item(self) -> GuardInput: ...
@@ -66,6 +68,8 @@ class Job(Protocol):
     def max_new_tokens(self) -> int: ...
     @property
     def deadline(self) -> float | None: ...
+    @property
+    def abandoned(self) -> bool: ...
 
 
 J = TypeVar("J", bound=Job)
@@ -78,6 +82,7 @@ class ContinuousJob:
     item: GuardInput
     max_new_tokens: int
     deadline: float | None
+    abandoned: bool = False
 
 
 def continuous_decoding(decoding: Decoding) -> bool:
@@ -184,6 +189,13 @@ class ContinuousDecoder:
         self.prefix_cache = prefix_cache
         self.torch = torch
         model = backend.model
+        if model is None:
+            raise GuardClosedError("the local backend is closed (its model was released)")
+        # Taken once: a close() during the run sets backend.model to None (checked before each forward
+        # pass), so nothing here may reach the model through the backend after that.
+        self.config = model.config
+        self.device = backend.device
+        self.pixel_dtype = backend._pixel_dtype()
         self.core = getattr(model, "model", model)
         self.stopper = _StopOnVerdict(backend.tokenizer, backend._trigger_ids, 0)
         self.stop_ids = set(backend._eos_ids) | {backend.encoder.pad_token_id}
@@ -250,7 +262,7 @@ class ContinuousDecoder:
     # -- admission ---------------------------------------------------------------------------------
     def _encode(self, job: Any) -> _Encoded:
         backend = self.backend
-        batch = backend.encoder.encode_batch([job.item], device=backend.device, pixel_dtype=backend._pixel_dtype())
+        batch = backend.encoder.encode_batch([job.item], device=self.device, pixel_dtype=self.pixel_dtype)
         image_key = b""
         if batch.pixel_values is not None and self.prefix_cache is not None:
             digest = hashlib.blake2b(digest_size=16)
@@ -269,6 +281,8 @@ class ContinuousDecoder:
         for job in jobs:
             if self.backend.model is None:
                 settle(job, GuardClosedError("the local backend is closed (its model was released)"))
+            elif job.abandoned:
+                settle(job, _abandoned())
             elif job.deadline is not None and now >= job.deadline:
                 settle(job, DeadlineExceededError("deadline passed before generation started"))
             else:
@@ -326,7 +340,7 @@ class ContinuousDecoder:
         if self.backend.model is None:
             raise _Closed
         torch = self.torch
-        device = self.backend.device
+        device = self.device
         pad = self.backend.encoder.pad_token_id
         width = max(len(row.encoded.ids) for row in group)
         ids = torch.full((len(group), width), pad, dtype=torch.long)
@@ -407,7 +421,7 @@ class ContinuousDecoder:
     def _new_cache(self) -> Any:
         from transformers import DynamicCache
 
-        config = self.backend.model.config
+        config = self.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         cache = DynamicCache(config=text_config)
         if any(type(layer).__name__ != "DynamicLayer" for layer in cache.layers):
@@ -498,11 +512,19 @@ class ContinuousDecoder:
         self, rows: list[_Row], state: _Batch | None, settle: Callable[[Any, Outcome], None]
     ) -> tuple[list[_Row], _Batch | None]:
         now = time.monotonic()
-        keep = [i for i, row in enumerate(rows) if row.job.deadline is None or now < row.job.deadline]
+        keep = [
+            i
+            for i, row in enumerate(rows)
+            if (row.job.deadline is None or now < row.job.deadline) and not row.job.abandoned
+        ]
         if len(keep) == len(rows):
             return rows, state
         for i, row in enumerate(rows):
-            if i not in keep:
+            if i in keep:
+                continue
+            if row.job.abandoned:
+                settle(row.job, _abandoned())
+            else:
                 elapsed = (time.perf_counter() - row.started) * 1000
                 settle(row.job, DeadlineExceededError(f"deadline passed after {elapsed:.0f} ms of generation"))
         if not keep or state is None:
@@ -524,7 +546,15 @@ class _Busy(Exception):
     """The model lock was not free before the deadline."""
 
 
+def _abandoned() -> DeadlineExceededError:
+    return DeadlineExceededError("the caller stopped waiting for this check (cancelled)")
+
+
 def _backend_error(exc: Exception, size: int) -> Exception:
+    if isinstance(exc, _Closed):
+        return GuardClosedError("the local backend is closed (its model was released)")
+    if isinstance(exc, _Busy):
+        return DeadlineExceededError("deadline passed while waiting for the model (busy with other checks)")
     if isinstance(exc, (BackendError, DeadlineExceededError, GuardClosedError)):
         return exc
     if type(exc).__name__ == "OutOfMemoryError":

@@ -12,6 +12,12 @@ A cache file is never trusted blindly: it is used only when it parses, names the
 size, holds in-range ids, and passes a spot check against the live tokenizer (every stored id and a
 seeded sample of the others re-decoded); otherwise the scan runs again and the file is rewritten. A cache
 that cannot be read or written is skipped (the scan result is the same, only slower).
+
+What the spot check cannot see is an id left out of a stored set outside the sample (only a full scan
+can). The key rules out another tokenizer's entry and the parse checks a damaged file; a file edited on
+purpose is as trusted as the rest of the user's cache (whoever can write it can write the model's
+weights). Its worst effect is bounded: a missing ``>`` trigger lets generation run on to the end-of-turn
+token after ``</result>``, a missing label trigger leaves a score unread at that step.
 """
 
 from __future__ import annotations
@@ -77,8 +83,10 @@ def scan_cache_dir() -> Path:
 
 def _tokenizer_key(tokenizer: Any) -> str | None:
     """SHA-256 over the tokenizer's content: its ``tokenizer.json`` bytes when it was loaded from a local
-    folder holding one (else the serialised backend), its class, size, added tokens and decoding flags,
-    the tokenizers version and the scan version. ``None`` for a tokenizer without a fast backend."""
+    folder holding one (else the serialised backend), the live normalizer, pre-tokenizer and decoder (a
+    change made in memory after loading changes the decoded texts), its class, size, added tokens and
+    decoding flags, the tokenizers version and the scan version. ``None`` for a tokenizer without a fast
+    backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -94,6 +102,9 @@ def _tokenizer_key(tokenizer: Any) -> str | None:
         version = tokenizers.__version__
     except (ImportError, AttributeError):  # pragma: no cover - backend_tokenizer implies tokenizers
         version = "?"
+    for part in ("normalizer", "pre_tokenizer", "decoder"):  # a few hundred bytes each
+        state = getattr(getattr(backend, part, None), "__getstate__", lambda: None)()
+        digest.update(f"{part}:".encode() + (state if isinstance(state, bytes) else repr(state).encode()))
     added = sorted((str(token), int(i)) for token, i in tokenizer.get_added_vocab().items())
     settings = [
         _SCAN_VERSION,
@@ -117,7 +128,7 @@ def _read(path: Path, key: str, tokenizer: Any) -> TokenScan | None:
     """The stored scan when the file is sound and agrees with ``tokenizer``; else ``None``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     size = len(tokenizer)
     if not isinstance(data, dict) or data.get("key") != key or data.get("size") != size:
@@ -133,8 +144,11 @@ def _read(path: Path, key: str, tokenizer: Any) -> TokenScan | None:
         is_label_trigger(t) for t in texts[len(stored) :]
     ):
         return None
-    tokens = tokenizer.convert_ids_to_tokens(sorted(triggers | set(others)))
-    if sum(">" in str(t) for t in tokens) != len(triggers):
+    # Every stored trigger holds ">", and no sampled id left out does (a count over both would let a
+    # file swap a sampled trigger for a plain id).
+    unstored = sorted(set(others) - triggers)
+    tokens = tokenizer.convert_ids_to_tokens(sorted(triggers) + unstored)
+    if not all(">" in str(t) for t in tokens[: len(triggers)]) or any(">" in str(t) for t in tokens[len(triggers) :]):
         return None
     return TokenScan(triggers, label_triggers)
 
@@ -163,8 +177,12 @@ def scanned_tokens(tokenizer: Any, *, cache_dir: str | os.PathLike[str] | None =
     key = _tokenizer_key(tokenizer)
     if key is None:
         return scan_tokens(tokenizer)
-    path = Path(cache_dir) if cache_dir is not None else scan_cache_dir()
-    path = path / f"{key[:32]}.json"
+    try:
+        folder = Path(cache_dir) if cache_dir is not None else scan_cache_dir()
+    except RuntimeError as exc:  # Path.home(): no $HOME and no passwd entry (an arbitrary container uid)
+        logger.debug("token scan not cached (no cache folder): %s", exc)
+        return scan_tokens(tokenizer)
+    path = folder / f"{key[:32]}.json"
     found = _read(path, key, tokenizer)
     if found is not None:
         return found

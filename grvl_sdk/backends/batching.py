@@ -17,7 +17,8 @@ normal window applies, so a burst of concurrent callers after an idle period sta
 ``continuous_batching=True``: :mod:`grvl_sdk.backends._continuous`), the worker hands the batch it took
 to that loop and, whenever rows finish, the loop takes more pending inputs (any ``max_new_tokens``)
 into the free slots; each caller's future resolves as soon as its own row is done, and an input that
-fails fails alone.
+fails fails alone. An async caller that is cancelled while its row runs marks it abandoned
+(:func:`abandon`): the loop drops that row at its next step and gives the slot to the next input.
 
 Results are routed back through each caller's own future; when a batch fails, its inputs are retried
 one by one so one bad input cannot fail the others (:func:`generate_isolated`, also used by
@@ -44,7 +45,15 @@ from grvl_sdk.backends.base import Backend
 from grvl_sdk.errors import BackendError, DeadlineExceededError, GuardClosedError, InputError
 from grvl_sdk.types import GREEDY, Decoding, Generation, GuardInput
 
-__all__ = ["MicroBatched", "MicroBatcher", "agenerate_isolated", "continuous_runner", "generate_isolated", "refilling"]
+__all__ = [
+    "MicroBatched",
+    "MicroBatcher",
+    "abandon",
+    "agenerate_isolated",
+    "continuous_runner",
+    "generate_isolated",
+    "refilling",
+]
 
 logger = logging.getLogger("grvl_sdk")
 
@@ -132,13 +141,34 @@ async def agenerate_isolated(
         return [outcome for item in items for outcome in await agenerate_isolated(run, [item])]
 
 
+class _JobFuture(Future[Generation]):
+    """A queued input's future; ``abandoned`` is set when its caller stops waiting (:func:`abandon`)."""
+
+    abandoned = False
+
+
+def abandon(futures: Sequence[Future[Generation]]) -> None:
+    """Mark the inputs behind ``futures`` (from :meth:`MicroBatcher.submit`) as given up by their caller:
+    queued ones are cancelled, running ones are dropped by the continuous loop at its next step (a
+    running future cannot be cancelled)."""
+    for future in futures:
+        if isinstance(future, _JobFuture):
+            future.abandoned = True
+        future.cancel()
+
+
 @dataclass
 class _Pending:
     item: GuardInput
     max_new_tokens: int
     deadline: float | None
-    future: Future[Generation] = field(default_factory=Future)
+    future: _JobFuture = field(default_factory=_JobFuture)
     enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the caller stopped waiting (see :func:`abandon`)."""
+        return self.future.abandoned
 
 
 class MicroBatcher:
@@ -315,7 +345,9 @@ class MicroBatcher:
     def close(self, timeout: float = 1.0) -> None:
         """Stop taking inputs: the pending ones fail with :class:`GuardClosedError` at once, the batch
         running finishes on its own, and the worker stops after it. Waits at most ``timeout`` seconds
-        for that (never for a backend that does not return: the worker is a daemon thread)."""
+        for that (never for a backend that does not return: the worker is a daemon thread); not at all
+        for a continuous-batching loop, whose rows fail with :class:`GuardClosedError` once its backend
+        is closed."""
         with self._cond:
             self._closed = True
             pending, self._pending = self._pending, []
@@ -324,7 +356,9 @@ class MicroBatcher:
         for item in pending:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(GuardClosedError("the guard was closed before this check ran"))
-        if thread is not None and thread is not threading.current_thread():
+        # A continuous-batching loop runs until its rows end; its backend's close() (which follows in
+        # MicroBatched.close) makes them fail at the next step, so waiting here would only keep it going.
+        if thread is not None and thread is not threading.current_thread() and self._continuous is None:
             thread.join(timeout)
 
 
@@ -398,7 +432,11 @@ class MicroBatched(Backend):
         futures = self._submit(inputs, max_new_tokens, deadline)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         wrapped = [asyncio.wrap_future(f) for f in futures]
-        await asyncio.wait(wrapped, timeout=timeout)
+        try:
+            await asyncio.wait(wrapped, timeout=timeout)
+        except asyncio.CancelledError:
+            abandon(futures)
+            raise
         return [_outcome(future) for future in futures]
 
     async def agenerate(
@@ -409,8 +447,12 @@ class MicroBatched(Backend):
             return await self.inner.agenerate(
                 inputs, max_new_tokens=max_new_tokens, deadline=deadline, decoding=decoding
             )
-        futures = [asyncio.wrap_future(f) for f in self._submit(inputs, max_new_tokens, deadline)]
-        return list(await asyncio.gather(*futures))
+        futures = self._submit(inputs, max_new_tokens, deadline)
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        except asyncio.CancelledError:
+            abandon(futures)
+            raise
 
     def format_prompt(self, item: GuardInput) -> str:
         return self.inner.format_prompt(item)

@@ -20,8 +20,10 @@ most of its time, run compiled. What this module adds around it:
 * **Label scores without a forward hook.** The eager path records label log-probabilities with a forward
   hook on the output head (:class:`~grvl_sdk.backends._decoding._LabelLogprobs`). A hook inside a compiled
   forward is traced into the graph (and hooks added after compilation are not guarded), so the compiled
-  path reads the same logits (``logits[:, -1]`` in float32, before any other processor: greedy decoding
-  has none) through a logits processor instead.
+  path reads the same logits (``logits[:, -1]`` in float32) through a logits processor instead. That
+  processor runs after transformers' own ones, so it sees the raw logits only when there are none:
+  greedy decoding with a repetition penalty (which rewrites the logits first) runs eagerly when label
+  scores are recorded.
 
 Recompilation: the decode step's input shapes are the batch size and the cache length (images change
 neither: pixels only enter the eager prefill). They are compiled symbolic (``dynamic=True``, the
@@ -240,8 +242,9 @@ class CompiledDecoding:
     def adapt(self, kwargs: dict[str, Any], needed: int, scores: _LabelLogprobs | None, decoding: Any) -> bool:
         """Makes ``model.generate(**kwargs)`` decode compiled when ``decoding`` allows (:meth:`applies`):
         static cache for ``needed`` positions, and ``scores`` (if any) fed by a logits processor. Returns
-        whether it did (then the output-head hook must not be installed)."""
-        if not self.applies(decoding):
+        whether it did (then the output-head hook must not be installed). With ``scores`` and a repetition
+        penalty it does not: the penalty's processor would run before the recorder (see the module)."""
+        if not self.applies(decoding) or (scores is not None and decoding.repetition_penalty != 1.0):
             return False
         self.configure(kwargs["generation_config"], needed)
         if scores is not None:

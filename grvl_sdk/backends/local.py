@@ -432,7 +432,13 @@ class LocalBackend(Backend):
         return TokenLogprobs(tokens=tuple(tokens), alternatives=alternatives)
 
     def close(self) -> None:
+        """Release the model: the compiled decode path and the prefix cache's key/value tensors, which
+        hold the model and its device memory, go too. A continuous-batching run in flight fails its
+        rows with :class:`GuardClosedError` at its next forward pass."""
         self.model = None
+        self.compiled = None
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
         try:
             import torch
 

@@ -32,7 +32,11 @@ pre-filled row cannot reason (its empty reasoning block is forced, not chosen), 
 measure there, and taken literally it would punish a wrong ~10-token label answer with ``−(3072/10)²`` while
 a 3072-token unformatted ramble scores −1 — teaching the fast tier to ramble, and letting the fast rows'
 penalties swamp the think rows' under ``scale_rewards="batch"``/``"none"``. With the constant term a fast
-row scores by its labels only, on the scale of a fully reasoned think answer. Think rows are unchanged,
+row scores by its labels only, on the scale of a fully reasoned think answer. A completion of the fast
+prefix counts as formatted only in the fast tier's own form, `` <label>\nResponse: <label or None>\n</result>``
+(what ``mode="fast"`` reads: the label tokens right after ``Request:``): the lenient parser would also accept
+one that re-opens ``<think>`` or a second ``<result>`` after ``Request:``, and rewarding that as correct
+would teach the fast tier to reason where inference reads its label. Think rows are unchanged,
 and since a prompt's whole group is pre-filled or not, the group-normalised advantage never compares a
 fast answer with a think one.
 
@@ -50,11 +54,13 @@ of its group. The paper's formula has this tail (its code divided by zero on an 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from grvl_sdk.errors import ParseError
+from grvl_sdk.protocol.fast import FAST_PREFIX
 from grvl_sdk.protocol.parsing import Label, parse_output
 
 __all__ = [
@@ -81,6 +87,8 @@ ECO_BETA = 1.0 / 6.0
 AUTHORS_MAX_CHARACTERS = 3072
 
 _NO_RESPONSE: Label = "unharmful"
+# The rest of a fast answer after FAST_PREFIX (render.fast_target's form; the end-of-turn token is decoded away).
+_FAST_REST = re.compile(r" (?:harmful|unharmful)\nResponse: (?:harmful|unharmful|None)\n</result>\s*")
 
 
 def read_verdict(output: str) -> tuple[bool, Label | None, Label | None]:
@@ -266,6 +274,8 @@ class SafetyReward:
         rows = zip(prefixes, texts, lengths, request_label, response_label, strict=True)
         for prefix, text, length, request, response in rows:
             verdict = judge(prefix + text, request_label=request, response_label=response)
+            if prefix == FAST_PREFIX and not _FAST_REST.fullmatch(text):  # not the fast form (module docstring)
+                verdict = Judgement(False, None, None, False, False)
             judged.append(verdict)
             if prefix:  # a pre-filled (fast) row: no length term (module docstring)
                 denominator = self.beta**2
