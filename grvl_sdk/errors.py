@@ -45,6 +45,7 @@ __all__ = [
     "DataFormatError",
     "DeadlineExceededError",
     "EvalError",
+    "EvalModeError",
     "FastModeUnsupportedError",
     "GRVLError",
     "GuardBlocked",
@@ -226,6 +227,14 @@ class EvalError(GRVLError, ValueError):
     """Evaluation cannot proceed: unknown benchmark, bad benchmark spec, a results folder of another run."""
 
     code: ClassVar[str] = "eval_error"
+
+
+class EvalModeError(EvalError):
+    """A results folder of the wrong latency tier for the task: e.g. ``grvl eval calibrate`` given a think
+    or auto run where it needs the fast one. ``details``: ``folder``, ``recorded`` (the mode its ``run.json``
+    or ``results.json`` records; ``None`` when it records none) and ``expected``."""
+
+    code: ClassVar[str] = "eval_mode_mismatch"
 
 
 class DataFormatError(EvalError):

@@ -56,32 +56,11 @@ def test_rsft_config_validates_fast_fraction():
 
 def _build_fast_guard(path):
     """The trained tiny guard's recipe (:mod:`grvl_sdk.testing.trained`) with R-SFT's ``fast_fraction``
-    applied to its data, cached beside the trained guard's own entry (10-40 s on 2 cores the first time).
+    applied to its data (``grvl build-tiny-guard --trained --fast-fraction 0.5``), cached like the trained
+    guard (10-40 s on 2 cores the first time)."""
+    from grvl_sdk.testing import build_tiny_guard
 
-    The recipe's own ``encode_samples`` call is given the fast share for this build only, so the
-    trained guard's cache key (and every other test's guard) is untouched."""
-    import functools
-    import shutil
-    from pathlib import Path
-
-    import grvl_sdk.trainer.render as render
-    from grvl_sdk.testing import trained
-
-    recipe = trained.TinyGuardRecipe()
-    entry = trained.cache_root() / f"tiny-guard-{trained.trained_guard_cache_key(recipe)}-fast{FAST_FRACTION}"
-    if not (entry / trained._COMPLETE).is_file():
-        original = render.encode_samples
-        render.encode_samples = functools.partial(original, fast_fraction=FAST_FRACTION, seed=recipe.seed)
-        try:
-            trained._build_entry(entry, recipe)
-        finally:
-            render.encode_samples = original
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    for item in entry.iterdir():
-        if item.is_file():
-            shutil.copyfile(item, target / item.name)
-    return target
+    return build_tiny_guard(path, trained=True, fast_fraction=FAST_FRACTION)
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,14 @@ def register(subparsers: Any) -> None:
         help="latency tier: think (reasoning, the paper's protocol; default), fast (the verdict without "
         "reasoning) or auto (fast, reasoning when uncertain); compare tiers with --compare on their folders",
     )
+    run.add_argument(
+        "--auto-band",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="with --mode auto: reason when a fast score lies in [LOW, HIGH] (0 <= LOW <= HIGH <= 1; default "
+        "the guard's, 0.2 0.8); `grvl eval calibrate` suggests one",
+    )
     run.add_argument("--compare", action="append", default=[], metavar="X", help=_COMPARE_HELP)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -209,11 +217,14 @@ def _load_guard(args: argparse.Namespace) -> Any:
             "max_pixels": args.max_pixels,
             "mode": args.mode,
         }
+        if args.auto_band is not None:
+            kwargs["auto_band"] = tuple(args.auto_band)
         if args.model:
             kwargs["model"] = args.model
         return from_server(args.server, **kwargs)
     model = args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
     quantization = _quantization(args.quantization)
+    band: dict[str, Any] = {} if args.auto_band is None else {"auto_band": tuple(args.auto_band)}
     print(f"Loading guard model {model} (quantization: {quantization or 'none'})...", file=sys.stderr, flush=True)
     return Guard.from_pretrained(
         model,
@@ -224,6 +235,7 @@ def _load_guard(args: argparse.Namespace) -> Any:
         max_pixels=args.max_pixels,
         max_new_tokens=args.max_new_tokens,
         mode=args.mode,
+        **band,
     )
 
 
@@ -261,11 +273,24 @@ def _resume_refusal(args: argparse.Namespace, settings: dict[str, Any]) -> str |
     return resume_error(args.out, changes, advice).message
 
 
+def _auto_band_error(mode: str, band: list[float] | None) -> str | None:
+    """Why ``--auto-band`` cannot be used with these flags, or ``None``."""
+    if band is None:
+        return None
+    if mode != "auto":
+        return f"--auto-band applies to --mode auto only (got --mode {mode})"
+    low, high = band
+    if not 0.0 <= low <= high <= 1.0:  # NaN fails too
+        return f"--auto-band needs 0 <= LOW <= HIGH <= 1, got {low:g} {high:g}"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from grvl_sdk.eval.formats import load_benchmark
     from grvl_sdk.eval.report import settings_line, write_reports
     from grvl_sdk.eval.runner import run_eval
     from grvl_sdk.eval.sources import resolve_sources
+    from grvl_sdk.options import GuardOptions
 
     try:
         sources = resolve_sources(args.benchmarks, data_dir=args.data_dir)
@@ -276,12 +301,17 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(exc.message)
     if args.max_new_tokens < 1 or args.min_pixels < 1 or args.max_pixels < args.min_pixels:
         return _fail("need --max-new-tokens >= 1 and 1 <= --min-pixels <= --max-pixels")
-    meta = {
+    band_error = _auto_band_error(args.mode, args.auto_band)
+    if band_error:
+        return _fail(band_error)
+    meta: dict[str, Any] = {
         "max_new_tokens": args.max_new_tokens,
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
         "mode": args.mode,
     }
+    if args.mode == "auto":  # the band the run answers with: the flag's, else the guard's default
+        meta["auto_band"] = list(args.auto_band or GuardOptions().auto_band)
     model = None if args.server else args.model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
     refusal = _resume_refusal(args, {"model": model, **meta} if model else meta)  # before loading anything
     if refusal:
@@ -349,24 +379,29 @@ def _calibrate(args: argparse.Namespace) -> int:
     from grvl_sdk.eval.calibrate import calibrate_band
 
     try:
-        chosen, think, tried = calibrate_band(args.fast, args.think, max_f1_drop=args.max_f1_drop, step=args.step)
+        result = calibrate_band(args.fast, args.think, max_f1_drop=args.max_f1_drop, step=args.step)
     except GRVLError as exc:
         return _fail(exc.message)
+    chosen = result.chosen
     if args.json:
-        print(json.dumps({"chosen": asdict(chosen), "think": asdict(think), "tried": [asdict(b) for b in tried]}))
+        print(json.dumps({**asdict(result), "tried": [asdict(b) for b in result.tried]}))
         return EXIT_OK
 
-    def line(name: str, band: Any) -> str:
-        latency = "-" if band.mean_latency_ms is None else f"{band.mean_latency_ms:.1f}"
-        span = f"[{band.low:.2f}, {band.high:.2f}]"
-        return f"| {name} | {span} | {band.f1:.1f} | {100 * band.escalated:.1f}% | {latency} |"
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
 
-    print("| run | band | F1 | escalated | ms/sample |\n|---|---|---|---|---|")
-    print(line("narrowest", tried[0]))
-    print(line("auto (chosen)", chosen))
-    print(line("think", think))
+    # Every row is what answering the shared samples that way costs: the fast run alone, the chosen auto
+    # band (fast pass, plus think where escalated), the think run alone (no fast pass before it).
+    print("| run | band | F1 | answered by reasoning | ms/sample |\n|---|---|---|---|---|")
+    print(f"| fast only (no escalation) | - | {result.fast.f1:.1f} | 0.0% | {ms(result.fast.mean_latency_ms)} |")
+    print(
+        f"| auto (chosen) | [{chosen.low:.2f}, {chosen.high:.2f}] | {chosen.f1:.1f} | "
+        f"{100 * chosen.escalated:.1f}% | {ms(chosen.mean_latency_ms)} |"
+    )
+    print(f"| think only | - | {result.think.f1:.1f} | 100.0% | {ms(result.think.mean_latency_ms)} |")
     print(f"\nGuard(..., mode='auto', auto_band=({chosen.low}, {chosen.high}))  "
           f"# F1 within {args.max_f1_drop} point(s) of think")  # fmt: skip
+    print(f"Measure it: {result.command}")
     return EXIT_OK
 
 

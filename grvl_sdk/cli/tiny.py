@@ -34,6 +34,14 @@ def register(subparsers: Any) -> None:
         help="train it on the toy rule ('bomb'/'poison' => harmful); needs grvl-sdk[train]; cached",
     )
     parser.add_argument(
+        "--fast-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="with --trained: share of training samples without reasoning, so the guard also answers in "
+        "mode='fast' (e.g. 0.5; default 0: trained to reason first, its fast-mode labels mean nothing)",
+    )
+    parser.add_argument(
         "--cache-dir",
         help="cache folder of trained builds (default: $GRVL_CACHE_DIR, else ~/.cache/grvl-sdk)",
     )
@@ -45,15 +53,21 @@ def run(args: argparse.Namespace) -> int:
     from grvl_sdk.errors import GRVLError
     from grvl_sdk.testing import build_tiny_guard
 
+    if not 0.0 <= args.fast_fraction <= 1.0 or (args.fast_fraction and not args.trained):
+        print("grvl build-tiny-guard: error: --fast-fraction must be in [0, 1] and needs --trained", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     try:
-        path = build_tiny_guard(args.path, seed=args.seed, trained=args.trained, cache_dir=args.cache_dir)
+        path = build_tiny_guard(
+            args.path, seed=args.seed, trained=args.trained, cache_dir=args.cache_dir, fast_fraction=args.fast_fraction
+        )
     except GRVLError as exc:
         print(f"grvl build-tiny-guard: error: {exc.message}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
     if args.trained:
-        print(f"trained tiny guard written to {path} in {elapsed:.1f} s (toy rule: 'bomb'/'poison' => harmful)")
+        tiers = f"; fast share {args.fast_fraction:g}: answers in mode='fast' too" if args.fast_fraction else ""
+        print(f"trained tiny guard written to {path} in {elapsed:.1f} s (toy rule: 'bomb'/'poison' => harmful{tiers})")
     else:
         print(f"tiny guard written to {path} (random weights: verdicts are meaningless)")
     return 0

@@ -250,13 +250,17 @@ def _size(name: str) -> int:
 
 def settings_line(meta: Mapping[str, Any]) -> str:
     """A readable line of a run's generation settings and how they differ from the authors' evaluation
-    (greedy, up to 4,096 new tokens, images within 3,136–12,845,056 pixels); ``""`` if none are known."""
+    (greedy, reasoning first, up to 4,096 new tokens, images within 3,136–12,845,056 pixels); ``""`` if
+    none are known. A fast or auto run is never called the authors' protocol: they always reasoned."""
     tokens, low, high = meta.get("max_new_tokens"), meta.get("min_pixels"), meta.get("max_pixels")
+    mode = meta.get("mode")
     parts = ["greedy decoding"]
-    if meta.get("mode") == "fast":
+    if mode == "fast":
         parts[0] = "fast tier (no reasoning: labels from their token probabilities)"
-    elif meta.get("mode") == "auto":
-        parts[0] = "auto tier (fast, reasoning when uncertain; greedy decoding)"
+    elif mode == "auto":
+        band = meta.get("auto_band")
+        shown = f"band [{band[0]:g}, {band[1]:g}]; " if band else ""
+        parts[0] = f"auto tier (fast, reasoning when uncertain: {shown}greedy decoding)"
     if tokens:
         parts.append(f"max_new_tokens {tokens:,}")
     if high:
@@ -276,11 +280,15 @@ def settings_line(meta: Mapping[str, Any]) -> str:
         )
     if not high:
         differs.append("image budget not recorded")
-    verdict = (
-        "the authors' evaluation settings."
-        if not differs
-        else "differs from the authors' evaluation in " + "; ".join(differs) + "."
-    )
+    if mode in ("fast", "auto"):
+        verdict = f"{mode} tier: not the authors' protocol (they always reasoned before the verdict)"
+        verdict += "; also differs in " + "; ".join(differs) + "." if differs else "."
+    else:
+        verdict = (
+            "the authors' evaluation settings."
+            if not differs
+            else "differs from the authors' evaluation in " + "; ".join(differs) + "."
+        )
     return f"Settings: {', '.join(parts)}; {verdict}"
 
 

@@ -2,8 +2,9 @@
 
 A results folder holds::
 
-    run.json                       format version, model, settings (max_new_tokens, image pixel bounds),
-                                   and per benchmark its file and selected sample ids
+    run.json                       format version, model, settings (max_new_tokens, image pixel bounds,
+                                   mode; auto_band in auto mode), and per benchmark its file and selected
+                                   sample ids
     predictions/<benchmark>.jsonl  one PredictionRecord per line (with its format version), appended batch
                                    by batch
     results.json / results.md / results.csv / f1.png   (see grvl_sdk.eval.report)
@@ -185,7 +186,8 @@ def resume_conflicts(
     out_dir: str | Path, settings: Mapping[str, Any], state: Mapping[str, Any] | None = None
 ) -> list[tuple[str, Any, Any]]:
     """``(setting, recorded, now)`` for each setting in ``settings`` (``model``, ``max_new_tokens``,
-    ``min_pixels``, ``max_pixels``) that differs from the run recorded in ``out_dir``'s ``run.json``
+    ``min_pixels``, ``max_pixels``, ``mode``, ``auto_band``)
+    that differs from the run recorded in ``out_dir``'s ``run.json``
     (``state``: that file's content, if already read). Settings the folder did not record are not
     compared; an empty or new folder has none. Raises :class:`DataFormatError` on an unreadable
     ``run.json``."""
@@ -295,6 +297,9 @@ def run_eval(
         # The latency tier (GuardOptions.mode): runs of different tiers never mix in one folder.
         "mode": str(getattr(getattr(guard, "options", None), "mode", "think")),
     }
+    if settings["mode"] == "auto":  # the band is part of the tier: another band is another run
+        band = getattr(getattr(guard, "options", None), "auto_band", None)
+        settings["auto_band"] = [float(v) for v in band] if band is not None else None
 
     run_file = out / RUN_FILE
     state: dict[str, Any] = read_json(run_file, RUN_FORMAT) if run_file.exists() else {}
@@ -378,6 +383,7 @@ def run_eval(
         "min_pixels": settings["min_pixels"],
         "max_pixels": settings["max_pixels"],
         "mode": settings["mode"],
+        "auto_band": settings.get("auto_band"),
         "batch_size": size,
         "limit": limit,
         "generated_this_call": generated,
@@ -427,7 +433,10 @@ def load_run(
         results.append(score_records(records, bench, parse=parse, unparseable=unparseable))
     if not results:
         raise EvalError(f"{out} holds no benchmark results")
-    meta = {"out_dir": str(out), **{k: state.get(k) for k in ("max_new_tokens", "min_pixels", "max_pixels", "mode")}}
+    meta = {
+        "out_dir": str(out),
+        **{k: state.get(k) for k in ("max_new_tokens", "min_pixels", "max_pixels", "mode", "auto_band")},
+    }
     return EvalSummary(
         model=str(state.get("model", "")), results=results, parse=parse, unparseable=unparseable, meta=meta
     )

@@ -109,6 +109,7 @@ def build_tiny_guard(
     vocab_size: int = 640,
     trained: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    fast_fraction: float = 0.0,
 ) -> Path:
     """Write a tiny Qwen2.5-VL guard checkpoint to ``path`` (created if missing) and return it as a ``Path``.
 
@@ -121,15 +122,23 @@ def build_tiny_guard(
     toy rule of :mod:`grvl_sdk.testing.toy_rule` ("bomb"/"poison" ⇒ harmful). It is built once per
     settings (10–30 s on 2 CPU cores) and cached under ``cache_dir`` (default ``$GRVL_CACHE_DIR``, else
     ``~/.cache/grvl-sdk``), then copied into ``path``; see :func:`grvl_sdk.testing.trained.build_trained_guard`.
+    ``fast_fraction`` (with ``trained=True``): the share of training samples without reasoning, so the
+    guard also follows the rule in ``mode="fast"`` (0, the default: trained to reason first; its fast-mode
+    labels are meaningless). Raises ``ValueError`` outside [0, 1] or without ``trained=True``.
 
     Raises :class:`~grvl_sdk.errors.MissingDependencyError` without torch/transformers/tokenizers
     (``pip install 'grvl-sdk[local]'``), or for ``trained=True`` without TRL and the other training
     packages (``pip install 'grvl-sdk[train]'``).
     """
+    if not 0.0 <= fast_fraction <= 1.0:  # NaN fails too
+        raise ValueError(f"fast_fraction must be in [0, 1], got {fast_fraction!r}")
+    if fast_fraction and not trained:
+        raise ValueError("fast_fraction needs trained=True (a random guard is not trained at all)")
     if trained:
-        from grvl_sdk.testing.trained import build_trained_guard
+        from grvl_sdk.testing.trained import TinyGuardRecipe, build_trained_guard
 
-        return build_trained_guard(path, seed=seed, vocab_size=vocab_size, cache_dir=cache_dir)
+        recipe = TinyGuardRecipe(seed=seed, vocab_size=vocab_size, fast_fraction=fast_fraction)
+        return build_trained_guard(path, cache_dir=cache_dir, recipe=recipe)
     return build_random_guard(path, seed=seed, vocab_size=vocab_size)
 
 

@@ -86,7 +86,10 @@ class TinyGuardRecipe:
     ``samples``: synthetic training samples; ``steps``: optimizer steps of ``batch_size`` samples;
     ``learning_rate``: AdamW peak rate, reached after ``warmup`` (fraction of steps), held, then cosine
     decayed to 0 over the last ``decay`` fraction; ``short_prompt_fraction``: fraction of steps (the
-    first ones) whose prompts leave out the system message; ``threads``: most torch threads used.
+    first ones) whose prompts leave out the system message; ``threads``: most torch threads used;
+    ``fast_fraction``: share of the samples rendered with an empty reasoning block (R-SFT's option of the
+    same name, :func:`grvl_sdk.trainer.render.encode_samples`), so the guard also answers in
+    ``mode="fast"``; at 0 (the default) it was trained to reason first and its fast-mode labels mean nothing.
     """
 
     seed: int = 0
@@ -99,6 +102,7 @@ class TinyGuardRecipe:
     decay: float = 0.2
     short_prompt_fraction: float = 0.75
     threads: int = 2
+    fast_fraction: float = 0.0
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -133,7 +137,7 @@ def trained_guard_cache_key(recipe: TinyGuardRecipe | None = None) -> str:
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     settings = {
-        "recipe": dataclasses.asdict(recipe or TinyGuardRecipe()),
+        "recipe": _key_fields(recipe or TinyGuardRecipe()),
         "version": _RECIPE_VERSION,
         "libraries": _versions(),
         "prompt": render_prompt("request", "response", num_images=1),
@@ -142,6 +146,15 @@ def trained_guard_cache_key(recipe: TinyGuardRecipe | None = None) -> str:
     for name in _SOURCES:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _key_fields(recipe: TinyGuardRecipe) -> dict[str, object]:
+    """The recipe's fields for the cache key; ``fast_fraction`` only when set, so the builds made before
+    the field existed keep their key."""
+    fields = dataclasses.asdict(recipe)
+    if not fields["fast_fraction"]:
+        del fields["fast_fraction"]
+    return fields
 
 
 def _require_training() -> None:
@@ -160,7 +173,7 @@ def build_trained_guard(
     """Write the trained tiny guard to ``path`` (created if missing; its same-named files are replaced) and
     return it as a ``Path``. Trains it first (10–40 s on 2 CPU cores) unless the cache holds this build.
 
-    ``recipe`` overrides ``seed`` and ``vocab_size``. Raises
+    ``recipe`` overrides ``seed`` and ``vocab_size`` (and sets ``fast_fraction``). Raises
     :class:`~grvl_sdk.errors.MissingDependencyError` without torch, transformers or tokenizers
     (``pip install 'grvl-sdk[local]'``); ``OSError`` when the cache folder is not writable.
     """
@@ -249,6 +262,8 @@ def train_toy_guard(path: str | os.PathLike[str], recipe: TinyGuardRecipe | None
         max_length=None,
         min_pixels=_VISION_PIXELS["min_pixels"],
         max_pixels=_VISION_PIXELS["max_pixels"],
+        fast_fraction=recipe.fast_fraction,
+        seed=recipe.seed,
     )
     start_id = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
     short = [dataclasses.replace(e, prompt_ids=_short_prompt(e.prompt_ids, start_id)) for e in examples]
