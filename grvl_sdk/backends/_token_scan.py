@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grvl_sdk._paths import cache_root
+
 __all__ = ["TokenScan", "is_label_trigger", "scan_cache_dir", "scan_tokens", "scanned_tokens"]
 
 logger = logging.getLogger("grvl_sdk")
@@ -77,8 +79,7 @@ def scan_tokens(tokenizer: Any) -> TokenScan:
 
 def scan_cache_dir() -> Path:
     """``$GRVL_CACHE_DIR/token-scans``, else ``~/.cache/grvl-sdk/token-scans``."""
-    root = os.environ.get("GRVL_CACHE_DIR")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "grvl-sdk") / "token-scans"
+    return cache_root() / "token-scans"
 
 
 def _tokenizer_key(tokenizer: Any) -> str | None:

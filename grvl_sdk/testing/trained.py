@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from grvl_sdk._lazy import require
+from grvl_sdk._paths import CACHE_ENV, cache_root
 
 __all__ = [
     "CACHE_ENV",
@@ -69,8 +70,6 @@ __all__ = [
     "trained_guard_cache_key",
 ]
 
-#: Environment variable naming the cache folder (default ``~/.cache/grvl-sdk``).
-CACHE_ENV = "GRVL_CACHE_DIR"
 # Written last into a cache entry: an entry without it is incomplete and never used.
 _COMPLETE = "tiny-guard.json"
 # Bump when the recipe's meaning changes in a way the hashed sources do not show.
@@ -103,14 +102,6 @@ class TinyGuardRecipe:
     short_prompt_fraction: float = 0.75
     threads: int = 2
     fast_fraction: float = 0.0
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$GRVL_CACHE_DIR``, else ``~/.cache/grvl-sdk``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "grvl-sdk"
 
 
 def _versions() -> dict[str, str]:
